@@ -1,0 +1,169 @@
+"""Stage 5: compose an answer from retrieved passages.
+
+The default engine is *extractive*: it quotes source sentences verbatim, so every
+statement is faithful by construction, and groups them by source so a patient can see
+which source says what. Engines share one interface so an LLM engine can stand in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ivig_qa.retrieval import HybridRetriever, Retrieval, tokenize
+from ivig_qa.settings import Settings
+from ivig_qa.types import Citation, ScoredPassage, Sentence
+
+# A sentence opening with one of these leans on the one before it; quote both.
+_ANAPHORIC = re.compile(
+    r"^(it|this|that|these|those|they|he|she|his|her|their|such|however|but|also|then|"
+    r"may|furthermore|nevertheless|both|some)\b",
+    re.IGNORECASE,
+)
+MIN_CONTENT_TERMS = 2
+
+
+@dataclass
+class Composition:
+    """What an engine returns: markdown with ``[n]`` markers and the citations behind them."""
+
+    text: str
+    citations: list[Citation]
+    engine: str
+
+
+class AnswerEngine(Protocol):
+    name: str
+
+    def compose(self, question: str, retrieval: Retrieval) -> Composition: ...
+
+
+@dataclass
+class Candidate:
+    """A quotable span (one sentence, or two when the second leans on the first)."""
+
+    sentence: Sentence
+    quote_start: int
+    passage: ScoredPassage
+    score: float
+    terms: frozenset[str]
+
+
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / max(1, len(a | b))
+
+
+class ExtractiveEngine:
+    """Selects the best-supported source sentences and stitches them into a cited answer."""
+
+    name = "extractive"
+
+    def __init__(self, retriever: HybridRetriever, settings: Settings) -> None:
+        self.retriever = retriever
+        self.settings = settings
+
+    # -- scoring ------------------------------------------------------------------------
+    def candidates(self, question: str, retrieval: Retrieval) -> list[Candidate]:
+        """Every sentence of the retrieved passages, scored against the question."""
+        owner: dict[str, tuple[Sentence, ScoredPassage]] = {}
+        for passage in retrieval.passages:
+            for sentence in passage.chunk.sentences:
+                owner.setdefault(sentence.sentence_id, (sentence, passage))
+        vectors = self.retriever.sentence_vectors(list(owner))
+        idf = self.retriever.bm25.idf
+        q_terms = set(tokenize(retrieval.expanded_query))
+        q_weight = sum(max(idf.get(t, 0.0), 0.0) for t in q_terms) or 1.0
+        out: list[Candidate] = []
+        for sid, (sentence, passage) in owner.items():
+            terms = frozenset(tokenize(sentence.text))
+            if len(terms) < MIN_CONTENT_TERMS or sid not in vectors:
+                continue
+            dense = float(np.dot(vectors[sid], retrieval.query_vector))
+            lexical = sum(max(idf.get(t, 0.0), 0.0) for t in q_terms & terms) / q_weight
+            prior = 1.0 / (1.0 + passage.rank)
+            score = dense + 0.35 * lexical + 0.05 * prior
+            out.append(Candidate(sentence, self._quote_start(sentence, passage), passage, score, terms))
+        return sorted(out, key=lambda c: -c.score)
+
+    @staticmethod
+    def _quote_start(sentence: Sentence, passage: ScoredPassage) -> int:
+        """Start the quote one sentence earlier when this one starts with 'It', 'However'…"""
+        if not _ANAPHORIC.match(sentence.text):
+            return sentence.start
+        sentences = passage.chunk.sentences
+        idx = next(i for i, s in enumerate(sentences) if s.start == sentence.start)
+        return sentences[idx - 1].start if idx > 0 else sentence.start
+
+    def select(self, ranked: list[Candidate]) -> list[Candidate]:
+        """Greedy pick: strong enough, not a near-duplicate, spread across documents."""
+        if not ranked:
+            return []
+        s = self.settings
+        floor = max(s.min_sentence_score, ranked[0].score * s.relative_sentence_score)
+        chosen: list[Candidate] = []
+        per_doc: dict[str, int] = {}
+        for cand in ranked:
+            if cand.score < floor or len(chosen) >= s.max_answer_sentences:
+                break
+            doc = cand.sentence.doc_id
+            if per_doc.get(doc, 0) >= s.max_sentences_per_doc:
+                continue
+            if any(_jaccard(cand.terms, c.terms) > s.duplicate_overlap for c in chosen):
+                continue
+            chosen.append(cand)
+            per_doc[doc] = per_doc.get(doc, 0) + 1
+        return chosen
+
+    # -- composing ------------------------------------------------------------------------
+    def compose(self, question: str, retrieval: Retrieval) -> Composition:
+        chosen = self.select(self.candidates(question, retrieval))
+        return compose_quotes(chosen, self.name)
+
+
+def _merge_spans(cands: list[Candidate]) -> list[tuple[int, int, Candidate]]:
+    """Within a document, join overlapping or touching quotes into one span, source order."""
+    spans = sorted(((c.quote_start, c.sentence.end, c) for c in cands), key=lambda t: t[0])
+    merged: list[tuple[int, int, Candidate]] = []
+    for start, end, cand in spans:
+        if merged and start <= merged[-1][1] + 2 and merged[-1][2].passage is cand.passage:
+            prev = merged[-1]
+            best = prev[2] if prev[2].score >= cand.score else cand
+            merged[-1] = (prev[0], max(prev[1], end), best)
+        else:
+            merged.append((start, end, cand))
+    return merged
+
+
+def compose_quotes(chosen: list[Candidate], engine: str) -> Composition:
+    """Group quotes by document (best document first) and number the citations."""
+    if not chosen:
+        return Composition("", [], engine)
+    doc_order = list(dict.fromkeys(c.sentence.doc_id for c in chosen))
+    lines = ["Here is what the sources say, quoted word for word:"]
+    citations: list[Citation] = []
+    for doc_id in doc_order:
+        group = [c for c in chosen if c.sentence.doc_id == doc_id]
+        chunk = group[0].passage.chunk
+        lines.append(f"\n**{chunk.title}**")
+        for start, end, cand in _merge_spans(group):
+            passage = cand.passage.chunk
+            quote = passage.text[start - passage.start : end - passage.start]
+            n = len(citations) + 1
+            citations.append(
+                Citation(
+                    n=n,
+                    doc_id=doc_id,
+                    title=passage.title,
+                    chunk_id=passage.chunk_id,
+                    text=passage.text,
+                    quote=quote,
+                    start=start,
+                    end=end,
+                    score=round(cand.score, 4),
+                )
+            )
+            lines.append(f"- {' '.join(quote.split())} [{n}]")
+    return Composition("\n".join(lines), citations, engine)

@@ -1,0 +1,168 @@
+"""The ``ivig-qa`` command line: index, ask, chat (and the commands other modules add)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ivig_qa.settings import Settings
+from ivig_qa.types import Answer, Status
+
+app = typer.Typer(help="Answers questions about IVIG only from curated sources, with citations.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (default: ivig-qa.toml).")]
+EXIT_INVALID = 2
+
+
+def load_settings(config: Path | None = None, **overrides: object) -> Settings:
+    """Settings from env + TOML; a bad config is a readable error and exit code 2."""
+    import os
+
+    if config is not None:
+        if not config.is_file():
+            err.print(f"[red]config file not found:[/] {config}")
+            raise typer.Exit(EXIT_INVALID)
+        os.environ["IVIG_QA_CONFIG"] = str(config)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        err.print("[red]invalid settings:[/]\n" + "\n".join(lines))
+        raise typer.Exit(EXIT_INVALID) from None
+    except Exception as exc:  # e.g. a TOML syntax error
+        err.print(f"[red]cannot read settings:[/] {exc}")
+        raise typer.Exit(EXIT_INVALID) from None
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def load_assistant(settings: Settings):
+    """Open (and if needed build) the index with a progress bar; errors exit cleanly."""
+    from ivig_qa.assistant import Assistant
+    from ivig_qa.corpus import CorpusError
+    from ivig_qa.embeddings import ModelNotFoundError
+    from ivig_qa.index import IndexUnavailableError
+
+    with _progress() as bar:
+        task = bar.add_task("embedding chunks", total=None)
+
+        def on_progress(done: int, total: int, _doc: str) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            return Assistant.load(settings, progress=on_progress)
+        except (CorpusError, IndexUnavailableError, ModelNotFoundError) as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def index(
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Discard the index and build it from scratch.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Build or refresh the index from the corpus folder (only changed documents are embedded)."""
+    from ivig_qa.corpus import CorpusError
+    from ivig_qa.embeddings import ModelNotFoundError
+    from ivig_qa.index import IndexStore, IndexUnavailableError
+
+    settings = load_settings(config)
+    store = IndexStore(settings)
+    with _progress() as bar:
+        task = bar.add_task("embedding chunks", total=None)
+        try:
+            summary = store.build(
+                rebuild=rebuild, progress=lambda done, total, _d: bar.update(task, completed=done, total=total)
+            )
+        except (CorpusError, IndexUnavailableError, ModelNotFoundError) as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+    for warning in summary.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    for problem in summary.problems:
+        err.print(f"[red]skipped:[/] {problem}")
+    table = Table(title="Index", show_header=False)
+    table.add_row("documents", str(summary.documents))
+    table.add_row("chunks", str(summary.chunks))
+    table.add_row("sentences", str(summary.sentences))
+    table.add_row("embedded", ", ".join(summary.embedded_documents) or "none (up to date)")
+    table.add_row("reused", str(len(summary.reused_documents)))
+    table.add_row("removed", ", ".join(summary.removed_documents) or "none")
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    table.add_row("location", settings.chroma_url or str(settings.index_dir))
+    console.print(table)
+
+
+def render_answer(answer: Answer) -> None:
+    """A readable answer: status, text, each source with its quote, then the disclaimer."""
+    style = {Status.URGENT_CARE: "bold red", Status.INVALID_INPUT: "yellow"}.get(answer.status, "green")
+    console.print(Panel(Markdown(answer.answer), title=f"[{style}]{answer.status.value}", border_style=style))
+    for c in answer.citations:
+        console.print(f"[bold][{c.n}][/] {c.title} [dim]({c.chunk_id}, chars {c.start}–{c.end})[/]")
+        console.print(f"    “{' '.join(c.quote.split())}”", style="dim", markup=False, highlight=False)
+    console.print(Panel(answer.disclaimer, title="Disclaimer", border_style="dim"))
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question, in plain words.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the Answer JSON contract.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Answer one question from the sources."""
+    assistant = load_assistant(load_settings(config))
+    answer = assistant.ask(question)
+    if as_json:
+        sys.stdout.write(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2) + "\n")
+    else:
+        render_answer(answer)
+    if answer.status == Status.INVALID_INPUT:
+        raise typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+def chat(config: ConfigOpt = None) -> None:
+    """Chat in the terminal (follow-up questions use the conversation so far)."""
+    assistant = load_assistant(load_settings(config))
+    history: list[dict[str, str]] = []
+    console.print("[bold]IVIG questions[/] — answers come only from the bundled sources. Ctrl-D to quit.")
+    while True:
+        try:
+            question = console.input("[bold cyan]you>[/] ")
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            return
+        answer = assistant.ask(question, history=history)
+        render_answer(answer)
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.answer}]
+
+
+if __name__ == "__main__":
+    app()

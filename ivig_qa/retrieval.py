@@ -1,0 +1,205 @@
+"""Stage 4: hybrid retrieval — dense chunks + dense sentences + BM25, fused by RRF.
+
+All-MiniLM alone misses many paraphrased patient questions, so three rankings vote:
+chunks embedded with their title and heading, single sentences (a finer granularity that
+matches short questions better), and BM25 over the chunk text for exact terms (brands,
+numbers, disease names). The question is first expanded with the sources' words for
+common lay terms ("drip" → infusion, "nursing" → breast-feeding).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict
+from rank_bm25 import BM25Okapi
+
+from ivig_qa.index import IndexStore, Manifest
+from ivig_qa.settings import Settings
+from ivig_qa.types import Chunk, ScoredPassage
+
+STOPWORDS = frozenset(
+    """
+    a about above after again all am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from
+    further had has have having he her here hers herself him himself his how i if in into is
+    it its itself just me more most my myself no nor not now of off on once only or other
+    our ours out over own same she should so some such than that the their theirs them then
+    there these they this those through to too under until up very was we were what when
+    where which while who whom why will with would you your yours yourself im ive id dont
+    doesnt get gets got go going really thing things ok okay pls please thanks hi hey also
+    like know want wondering anyone someone say says tell u ur r
+    """.split()
+)
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:[./][a-z0-9]+)*")
+
+
+def stem(word: str) -> str:
+    """A deliberately light stemmer: plural and -ing/-ed endings (enough for BM25 here)."""
+    for suffix, min_len in (("ies", 5), ("ing", 6), ("ed", 5), ("es", 5), ("s", 4)):
+        if word.endswith(suffix) and len(word) >= min_len and not word.endswith("ss"):
+            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return word
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased, stop-word-free, lightly stemmed terms."""
+    return [stem(t) for t in _TOKEN.findall(text.lower()) if t not in STOPWORDS]
+
+
+@cache
+def _builtin_lay_terms() -> dict[str, str]:
+    raw = resources.files("ivig_qa.data").joinpath("lay_terms.toml").read_text("utf-8")
+    return tomllib.loads(raw)["expansions"]
+
+
+class QueryExpander:
+    """Appends the sources' vocabulary for lay words found in the question."""
+
+    def __init__(self, extra_file: Path | None = None) -> None:
+        terms = dict(_builtin_lay_terms())
+        if extra_file:
+            terms.update(tomllib.loads(extra_file.read_text("utf-8")).get("expansions", {}))
+        self._patterns = [
+            (re.compile(rf"(?<![a-z0-9]){re.escape(k.lower())}(?![a-z0-9])"), v) for k, v in terms.items()
+        ]
+
+    def expand(self, question: str) -> str:
+        low = question.lower()
+        extra = [v for pat, v in self._patterns if pat.search(low)]
+        return question if not extra else f"{question} ({' '.join(dict.fromkeys(extra))})"
+
+
+@dataclass
+class Retrieval:
+    """The passages for one question, plus what composing the answer reuses."""
+
+    query: str
+    expanded_query: str
+    query_vector: np.ndarray
+    passages: list[ScoredPassage]
+    sentence_similarity: dict[str, float]
+
+
+def rrf(rankings: list[list[str]], k: int) -> dict[str, float]:
+    """Reciprocal rank fusion (Cormack et al., 2009): robust to incomparable score scales."""
+    fused: dict[str, float] = defaultdict(float)
+    for ranking in rankings:
+        for rank, key in enumerate(ranking):
+            fused[key] += 1.0 / (k + rank + 1)
+    return fused
+
+
+class HybridRetriever(BaseRetriever):
+    """A LangChain retriever over the active index version."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    store: IndexStore
+    settings: Settings
+    manifest: Manifest
+    chunks: dict[str, Chunk]
+    bm25: BM25Okapi
+    bm25_ids: list[str]
+    expander: QueryExpander
+
+    @classmethod
+    def open(cls, store: IndexStore, manifest: Manifest) -> HybridRetriever:
+        chunks = store.load_chunks(manifest.version)
+        ids = [c.chunk_id for c in chunks]
+        corpus_tokens = [tokenize(c.context_text()) for c in chunks]
+        return cls(
+            store=store,
+            settings=store.settings,
+            manifest=manifest,
+            chunks={c.chunk_id: c for c in chunks},
+            bm25=BM25Okapi(corpus_tokens),
+            bm25_ids=ids,
+            expander=QueryExpander(store.settings.lay_terms_file),
+        )
+
+    # -- the three rankings --------------------------------------------------------------
+    def _dense_chunks(self, vector: list[float]) -> tuple[list[str], dict[str, float]]:
+        col = self.store.vectorstore("chunks", self.manifest.version)
+        hits = col.similarity_search_by_vector_with_relevance_scores(vector, k=self.settings.k_dense)
+        ids = [str(doc.id) for doc, _ in hits]
+        return ids, {str(doc.id): 1.0 - float(dist) for doc, dist in hits}
+
+    def _dense_sentences(self, vector: list[float]) -> tuple[dict[str, float], dict[str, float]]:
+        """Each hit sentence's similarity, and each chunk's best sentence (in rank order)."""
+        col = self.store.vectorstore("sentences", self.manifest.version)
+        hits = col.similarity_search_by_vector_with_relevance_scores(vector, k=self.settings.k_sentences)
+        sims: dict[str, float] = {}
+        best_in_chunk: dict[str, float] = {}
+        for doc, dist in hits:
+            sims[str(doc.id)] = 1.0 - float(dist)
+            best_in_chunk.setdefault(str(doc.metadata["chunk_id"]), 1.0 - float(dist))
+        return sims, best_in_chunk
+
+    def _lexical(self, query: str) -> list[str]:
+        tokens = tokenize(query)
+        if not tokens:
+            return []
+        scores = self.bm25.get_scores(tokens)
+        order = np.argsort(-scores)[: self.settings.k_bm25]
+        return [self.bm25_ids[i] for i in order if scores[i] > 0]
+
+    # -- public -------------------------------------------------------------------------
+    def retrieve(self, question: str) -> Retrieval:
+        expanded = self.expander.expand(question)
+        vector = self.store.embeddings.embed_query(expanded)
+        dense_ids, chunk_sims = self._dense_chunks(vector)
+        sent_sims, best_sentence = self._dense_sentences(vector)
+        lexical_ids = self._lexical(expanded)
+        fused = rrf([dense_ids, list(best_sentence), lexical_ids], self.settings.rrf_k)
+        top = sorted(fused.items(), key=lambda kv: -kv[1])[: self.settings.k_final]
+        passages = [
+            ScoredPassage(
+                chunk=self.chunks[cid],
+                score=score,
+                similarity=max(chunk_sims.get(cid, 0.0), best_sentence.get(cid, 0.0)),
+                rank=rank,
+            )
+            for rank, (cid, score) in enumerate(top)
+            if cid in self.chunks
+        ]
+        return Retrieval(question, expanded, np.asarray(vector, dtype=np.float32), passages, sent_sims)
+
+    def sentence_vectors(self, sentence_ids: list[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of the given sentences (the compose step scores them all)."""
+        if not sentence_ids:
+            return {}
+        col = self.store.client.get_collection(self.store._name("sentences", self.manifest.version))
+        got = col.get(ids=sentence_ids, include=["embeddings"])
+        return {i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], got["embeddings"], strict=True)}
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        return [
+            Document(
+                page_content=p.chunk.text,
+                id=p.chunk.chunk_id,
+                metadata={
+                    "doc_id": p.chunk.doc_id,
+                    "title": p.chunk.title,
+                    "heading": p.chunk.heading,
+                    "start": p.chunk.start,
+                    "end": p.chunk.end,
+                    "score": p.score,
+                    "similarity": p.similarity,
+                },
+            )
+            for p in self.retrieve(query).passages
+        ]

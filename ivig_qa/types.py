@@ -1,0 +1,136 @@
+"""The few types that flow between the stages of the pipeline.
+
+``SourceDocument`` → ``Chunk`` (with ``Sentence`` spans) → ``ScoredPassage`` → ``Answer``
+(with ``Citation``). Offsets always point into the original file text, so a quote can be
+checked and highlighted in its source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+@dataclass(frozen=True)
+class Span:
+    """A half-open character range ``[start, end)`` in a document's original text."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Block:
+    """A paragraph or list item of content (furniture removed), with its section heading."""
+
+    span: Span
+    heading: str
+
+
+@dataclass
+class SourceDocument:
+    """One file of the corpus: its original text, metadata and where the content is."""
+
+    doc_id: str
+    path: str
+    text: str
+    title: str
+    metadata: dict[str, Any]
+    blocks: list[Block]
+    content_hash: str
+
+    def cleaned_text(self) -> str:
+        """The document without page furniture, for showing a citation in context."""
+        return "\n\n".join(self.text[b.span.start : b.span.end] for b in self.blocks)
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """A sentence (or list item) of a document, located by offsets."""
+
+    doc_id: str
+    start: int
+    end: int
+    text: str
+
+    @property
+    def sentence_id(self) -> str:
+        return f"{self.doc_id}@{self.start}"
+
+
+@dataclass
+class Chunk:
+    """A few consecutive sentences of one section: the unit that is embedded and retrieved."""
+
+    chunk_id: str
+    doc_id: str
+    title: str
+    heading: str
+    start: int
+    end: int
+    text: str
+    sentences: list[Sentence] = field(default_factory=list)
+
+    def context_text(self) -> str:
+        """What gets embedded: title and heading give the passage its topic."""
+        heading = f" — {self.heading}" if self.heading else ""
+        return f"{self.title}{heading}\n{self.text}"
+
+
+@dataclass
+class ScoredPassage:
+    """A retrieved chunk with its fused retrieval score and its dense similarity."""
+
+    chunk: Chunk
+    score: float
+    similarity: float
+    rank: int
+
+
+class Status(StrEnum):
+    ANSWERED = "answered"
+    NOT_IN_SOURCES = "not_in_sources"
+    PERSONAL_ADVICE = "personal_advice"
+    URGENT_CARE = "urgent_care"
+    INVALID_INPUT = "invalid_input"
+
+
+class Citation(BaseModel):
+    """One ``[n]`` of an answer: the quoted sentence(s) and the passage they come from."""
+
+    n: int
+    doc_id: str
+    title: str
+    chunk_id: str
+    text: str = Field(description="The retrieved passage.")
+    quote: str = Field(description="The sentence(s) the answer used, verbatim.")
+    start: int = Field(description="Offset of the quote in the original source file.")
+    end: int
+    score: float
+
+
+class Answer(BaseModel):
+    """What every entry point returns; serialises to the JSON contract in docs/design."""
+
+    status: Status
+    answer: str
+    citations: list[Citation] = Field(default_factory=list)
+    disclaimer: str
+    question: str
+    standalone_question: str
+    engine: str
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    answer_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class Message(BaseModel):
+    """One turn of the conversation history."""
+
+    role: str = Field(pattern="^(user|assistant)$")
+    content: str
