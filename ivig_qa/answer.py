@@ -28,17 +28,22 @@ MIN_CONTENT_TERMS = 2
 
 @dataclass
 class Composition:
-    """What an engine returns: markdown with ``[n]`` markers and the citations behind them."""
+    """What an engine returns: markdown with ``[n]`` markers and the citations behind them.
+
+    ``best_similarity`` (the closest source sentence to the question) tells the guardrails
+    whether the sources are anywhere near the question.
+    """
 
     text: str
     citations: list[Citation]
     engine: str
+    best_similarity: float = 0.0
 
 
 class AnswerEngine(Protocol):
     name: str
 
-    def compose(self, question: str, retrieval: Retrieval) -> Composition: ...
+    def compose(self, question: str, retrieval: Retrieval, limit: int | None = None) -> Composition: ...
 
 
 @dataclass
@@ -50,6 +55,7 @@ class Candidate:
     passage: ScoredPassage
     score: float
     terms: frozenset[str]
+    similarity: float
 
 
 def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
@@ -85,7 +91,9 @@ class ExtractiveEngine:
             lexical = sum(max(idf.get(t, 0.0), 0.0) for t in q_terms & terms) / q_weight
             prior = 1.0 / (1.0 + passage.rank)
             score = dense + 0.35 * lexical + 0.05 * prior
-            out.append(Candidate(sentence, self._quote_start(sentence, passage), passage, score, terms))
+            out.append(
+                Candidate(sentence, self._quote_start(sentence, passage), passage, score, terms, dense)
+            )
         return sorted(out, key=lambda c: -c.score)
 
     @staticmethod
@@ -97,16 +105,17 @@ class ExtractiveEngine:
         idx = next(i for i, s in enumerate(sentences) if s.start == sentence.start)
         return sentences[idx - 1].start if idx > 0 else sentence.start
 
-    def select(self, ranked: list[Candidate]) -> list[Candidate]:
+    def select(self, ranked: list[Candidate], limit: int | None = None) -> list[Candidate]:
         """Greedy pick: strong enough, not a near-duplicate, spread across documents."""
         if not ranked:
             return []
         s = self.settings
+        limit = min(limit or s.max_answer_sentences, s.max_answer_sentences)
         floor = max(s.min_sentence_score, ranked[0].score * s.relative_sentence_score)
         chosen: list[Candidate] = []
         per_doc: dict[str, int] = {}
         for cand in ranked:
-            if cand.score < floor or len(chosen) >= s.max_answer_sentences:
+            if cand.score < floor or len(chosen) >= limit:
                 break
             doc = cand.sentence.doc_id
             if per_doc.get(doc, 0) >= s.max_sentences_per_doc:
@@ -118,9 +127,11 @@ class ExtractiveEngine:
         return chosen
 
     # -- composing ------------------------------------------------------------------------
-    def compose(self, question: str, retrieval: Retrieval) -> Composition:
-        chosen = self.select(self.candidates(question, retrieval))
-        return compose_quotes(chosen, self.name)
+    def compose(self, question: str, retrieval: Retrieval, limit: int | None = None) -> Composition:
+        ranked = self.candidates(question, retrieval)
+        composition = compose_quotes(self.select(ranked, limit), self.name)
+        composition.best_similarity = max((c.similarity for c in ranked), default=0.0)
+        return composition
 
 
 def _merge_spans(cands: list[Candidate]) -> list[tuple[int, int, Candidate]]:
@@ -142,12 +153,14 @@ def compose_quotes(chosen: list[Candidate], engine: str) -> Composition:
     if not chosen:
         return Composition("", [], engine)
     doc_order = list(dict.fromkeys(c.sentence.doc_id for c in chosen))
-    lines = ["Here is what the sources say, quoted word for word:"]
+    lines: list[str] = []
     citations: list[Citation] = []
     for doc_id in doc_order:
         group = [c for c in chosen if c.sentence.doc_id == doc_id]
         chunk = group[0].passage.chunk
-        lines.append(f"\n**{chunk.title}**")
+        if lines:
+            lines.append("")
+        lines.append(f"**{chunk.title}**")
         for start, end, cand in _merge_spans(group):
             passage = cand.passage.chunk
             quote = passage.text[start - passage.start : end - passage.start]

@@ -13,19 +13,27 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from ivig_qa.answer import AnswerEngine, ExtractiveEngine
-from ivig_qa.guardrails import DISCLAIMER, InvalidQuestion, clean_question
+from pydantic import ValidationError
+
+from ivig_qa.answer import AnswerEngine, Composition, ExtractiveEngine
+from ivig_qa.conversation import condense
+from ivig_qa.guardrails import (
+    DISCLAIMER,
+    InvalidQuestion,
+    answered_text,
+    clean_question,
+    not_in_sources_text,
+    personal_text,
+    plain_text,
+    urgent_text,
+)
 from ivig_qa.index import BuildSummary, IndexStore, Manifest, Progress
-from ivig_qa.retrieval import HybridRetriever, Retrieval
+from ivig_qa.retrieval import HybridRetriever, Retrieval, lay_words
 from ivig_qa.settings import Settings
+from ivig_qa.triage import ScopeChecker, has_injection, is_personal, is_urgent, strip_injection
 from ivig_qa.types import Answer, Message, Status
 
 log = logging.getLogger(__name__)
-
-NOT_IN_SOURCES_TEXT = (
-    "I could not find this in the sources I answer from, so I can't answer it reliably. "
-    "Please ask your doctor or care team."
-)
 
 HistoryLike = Sequence[Message | dict]
 
@@ -58,6 +66,8 @@ class Assistant:
         self.store = store
         self.retriever = retriever
         self.engine: AnswerEngine = ExtractiveEngine(retriever, settings)
+        self.scope = ScopeChecker([c.context_text() for c in retriever.chunks.values()])
+        self.lay_words = lay_words()
 
     @classmethod
     def load(
@@ -102,20 +112,53 @@ class Assistant:
         timer = _Timer.start()
         try:
             text = clean_question(question, self.settings.max_question_chars)
+            turns = self._history(history)
         except InvalidQuestion as exc:
             return self._answer(Status.INVALID_INPUT, str(exc), question, "", timer)
         t = timer.started
-        standalone = text
+        injection = has_injection(text)
+        words = plain_text(strip_injection(text))
+        standalone = condense(words, turns)
         t = timer.lap("condense", t)
         retrieval = self.retriever.retrieve(standalone)
         t = timer.lap("retrieve", t)
-        composition = self.engine.compose(standalone, retrieval)
-        timer.lap("compose", t)
-        if not composition.citations:
-            return self._answer(Status.NOT_IN_SOURCES, NOT_IN_SOURCES_TEXT, text, standalone, timer)
-        return self._answer(
-            Status.ANSWERED, composition.text, text, standalone, timer, composition.citations
-        )
+        urgent = is_urgent(text)
+        personal = not urgent and is_personal(text)
+        found = self.engine.compose(standalone, retrieval, limit=3 if urgent else None)
+        t = timer.lap("compose", t)
+        status, body = self._shape(words, found, urgent, personal, injection)
+        timer.lap("guard", t)
+        citations = found.citations if status != Status.NOT_IN_SOURCES or found.text in body else []
+        return self._answer(status, body, text, standalone, timer, citations)
+
+    def _shape(
+        self, words: str, found: Composition, urgent: bool, personal: bool, injection: bool
+    ) -> tuple[Status, str]:
+        """Pick the status and wrap the quotes in that status's fixed wording."""
+        if urgent:
+            return Status.URGENT_CARE, urgent_text(found.text)
+        if personal:
+            return Status.PERSONAL_ADVICE, personal_text(words, found.text)
+        unknown = self.scope.unknown_subjects(words, self.lay_words)
+        relevant = found.citations and found.best_similarity >= self.settings.min_support_score
+        if unknown or not relevant:
+            closest = found.text if found.best_similarity >= self.settings.closest_passage_score else ""
+            titles = sorted(self.manifest.titles.values())
+            return Status.NOT_IN_SOURCES, not_in_sources_text(unknown, closest, titles, injection)
+        return Status.ANSWERED, answered_text(found.text)
+
+    def _history(self, history: HistoryLike | None) -> list[Message]:
+        """Validated recent turns; a malformed turn is an input error, not a crash."""
+        turns: list[Message] = []
+        for item in list(history or [])[-self.settings.max_history_turns :]:
+            try:
+                turns.append(item if isinstance(item, Message) else Message.model_validate(item))
+            except ValidationError as exc:
+                raise InvalidQuestion(
+                    "The conversation history is malformed: each turn needs a role "
+                    "('user' or 'assistant') and text content."
+                ) from exc
+        return turns
 
     def stream(self, question: str, history: HistoryLike | None = None) -> Iterator[str | Answer]:
         """Yield the answer text piece by piece, then the final ``Answer``.
@@ -124,8 +167,7 @@ class Assistant:
         yields tokens as they are generated. The last item is always the ``Answer``.
         """
         answer = self.ask(question, history)
-        for line in answer.answer.splitlines(keepends=True):
-            yield line
+        yield from answer.answer.splitlines(keepends=True)
         yield answer
 
     def retrieve(self, question: str) -> Retrieval:

@@ -18,10 +18,48 @@ CHUNKER_VERSION = "2"
 
 # Words that end with a period but do not end a sentence (compared lower-case, no dot).
 ABBREVIATIONS = frozenset(
-    """
-    dr mr mrs ms prof sr jr st vs al et eg ie e.g i.e a.k.a aka approx appt dept fig inc ltd
-    vol cf resp incl avg jan feb mar apr jun jul aug sep sept oct nov dec
-    """.split()
+    [
+        "dr",
+        "mr",
+        "mrs",
+        "ms",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "vs",
+        "al",
+        "et",
+        "eg",
+        "ie",
+        "e.g",
+        "i.e",
+        "a.k.a",
+        "aka",
+        "approx",
+        "appt",
+        "dept",
+        "fig",
+        "inc",
+        "ltd",
+        "vol",
+        "cf",
+        "resp",
+        "incl",
+        "avg",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+    ]
 )
 
 # A candidate boundary: terminal punctuation, optional closing quotes/brackets, whitespace.
@@ -83,7 +121,7 @@ def _block_lines(text: str, block: Block) -> list[tuple[int, int]]:
         a, b = _trim(text, block.span.start + m.start(), block.span.start + m.end())
         if a == b:
             continue
-        if lines and text[a].islower() and not text[lines[-1][1] - 1] in ".!?:;":
+        if lines and text[a].islower() and text[lines[-1][1] - 1] not in ".!?:;":
             lines[-1] = (lines[-1][0], b)
         else:
             lines.append((a, b))
@@ -120,7 +158,11 @@ def chunk_document(doc: SourceDocument, settings: ChunkerSettings) -> list[Chunk
         )
         if breaks:
             groups.append(current)
-            keep = settings.overlap_sentences if not new_section and _contiguous(doc, current[-1], sentence) else 0
+            keep = (
+                settings.overlap_sentences
+                if not new_section and _contiguous(doc, current[-1], sentence)
+                else 0
+            )
             current = current[-keep:] if keep and len(current) > keep else []
         current.append(sentence)
         current_heading = heading

@@ -19,11 +19,15 @@ from rich.table import Table
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Status
 
-app = typer.Typer(help="Answers questions about IVIG only from curated sources, with citations.", no_args_is_help=True)
+app = typer.Typer(
+    help="Answers questions about IVIG only from curated sources, with citations.", no_args_is_help=True
+)
 console = Console()
 err = Console(stderr=True)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (default: ivig-qa.toml).")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML settings file (default: ivig-qa.toml).")
+]
 EXIT_INVALID = 2
 
 
@@ -79,13 +83,19 @@ def load_assistant(settings: Settings):
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command()
 def index(
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Discard the index and build it from scratch.")] = False,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Discard the index and build it from scratch.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Build or refresh the index from the corpus folder (only changed documents are embedded)."""
@@ -99,7 +109,8 @@ def index(
         task = bar.add_task("embedding chunks", total=None)
         try:
             summary = store.build(
-                rebuild=rebuild, progress=lambda done, total, _d: bar.update(task, completed=done, total=total)
+                rebuild=rebuild,
+                progress=lambda done, total, _d: bar.update(task, completed=done, total=total),
             )
         except (CorpusError, IndexUnavailableError, ModelNotFoundError) as exc:
             err.print(f"[red]error:[/] {exc}")
@@ -162,6 +173,88 @@ def chat(config: ConfigOpt = None) -> None:
         answer = assistant.ask(question, history=history)
         render_answer(answer)
         history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.answer}]
+
+
+SetOpt = Annotated[Path, typer.Option("--set", help="Question set (JSONL, see docs/design.md).")]
+
+
+@app.command("eval")
+def eval_command(
+    set_file: SetOpt,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="Answer engine (default: from settings).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md/json and the chart.")] = Path(
+        "eval/reports/latest"
+    ),
+    fail_under: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-under",
+            help="METRIC=VALUE (repeatable; names as in report.json). Exit 1 when a score is below "
+            "VALUE, or a count/latency metric is above it.",
+        ),
+    ] = None,
+    baseline: Annotated[
+        bool, typer.Option("--baseline", help="Also score the LangChain-tutorial RAG retrieval.")
+    ] = False,
+    checker: Annotated[
+        str, typer.Option("--checker", help="Support checker for citation recall/precision.")
+    ] = "verbatim",
+    config: ConfigOpt = None,
+) -> None:
+    """Score a question set through the real assistant: retrieval, citations, statuses, integrity."""
+    from ivig_qa import evaluation as ev
+    from ivig_qa.corpus import CorpusError
+
+    try:
+        thresholds = [ev.parse_threshold(spec) for spec in fail_under or []]
+        support = ev.make_checker(checker)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_INVALID) from None
+    settings = load_settings(config, engine=engine)
+    try:
+        documents = ev.load_documents(settings.corpus_dir)
+        items = ev.load_set(set_file, documents)
+    except CorpusError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    except ev.EvalSetError as exc:
+        err.print(f"[red]invalid question set[/] ({len(exc.errors)} problem(s)):", highlight=False)
+        for line in exc.errors:
+            err.print(f"  {line}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    assistant = load_assistant(settings)
+    with _progress() as bar:
+        base = None
+        if baseline:
+            building = bar.add_task("baseline: embedding 1000-char chunks", total=None)
+            base = ev.BaselineRetriever.build(documents, settings.embedding_model)
+            bar.update(building, total=1, completed=1)
+        task = bar.add_task(f"evaluating {set_file.name}", total=len(items))
+        try:
+            report = ev.run_evaluation(
+                assistant,
+                items,
+                documents,
+                set_file=set_file,
+                checker=support,
+                baseline=base,
+                progress=lambda done, total, _id: bar.update(task, completed=done, total=total),
+            )
+        finally:
+            if base:
+                base.close()
+    paths = ev.write_report(report, out)
+    for table in ev.summary_tables(report):
+        console.print(table)
+    console.print("report: " + ", ".join(str(p) for p in paths), highlight=False)
+    misses = ev.missed_thresholds(report.metrics, thresholds)
+    for why in misses:
+        err.print(f"[red]threshold missed:[/] {why}", highlight=False)
+    if misses:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

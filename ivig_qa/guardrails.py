@@ -1,4 +1,4 @@
-"""Stage 6: the rules around every answer — input checks and the fixed disclaimer.
+"""Stage 6: the rules around every answer — input checks, answer shapes, the disclaimer.
 
 The disclaimer is a constant attached by code to every ``Answer`` of every status; no
 engine writes it and nothing a user types can remove it.
@@ -6,7 +6,11 @@ engine writes it and nothing a user types can remove it.
 
 from __future__ import annotations
 
+import re
+import tomllib
 import unicodedata
+from functools import cache
+from importlib import resources
 
 DISCLAIMER = (
     "This assistant shares general information from a small set of published sources about IVIG. "
@@ -17,6 +21,18 @@ DISCLAIMER = (
 )
 
 _ALLOWED_CONTROLS = {"\n", "\t", "\r"}
+
+
+_MARKUP = re.compile(r"<[^>]*>|\]\([^)]*\)|\b(?:https?|javascript|data):\S*", re.IGNORECASE)
+
+
+def plain_text(question: str) -> str:
+    """The words of a question without HTML tags, link targets or URLs.
+
+    Markup in a question is shown back as text (escaped) wherever it is displayed, but it
+    is not part of what the user asks, so retrieval and triage look past it.
+    """
+    return re.sub(r"\s+", " ", _MARKUP.sub(" ", question).replace("[", " ")).strip()
 
 
 class InvalidQuestion(ValueError):
@@ -35,7 +51,7 @@ def clean_question(raw: object, max_chars: int) -> str:
     if not text:
         raise InvalidQuestion("Please type a question, for example: “How often is IVIG given?”")
     if any(
-        unicodedata.category(ch) in ("Cc", "Cs", "Co") and ch not in _ALLOWED_CONTROLS or ch == "\ufffd"
+        (unicodedata.category(ch) in ("Cc", "Cs", "Co") and ch not in _ALLOWED_CONTROLS) or ch == "\ufffd"
         for ch in text
     ):
         raise InvalidQuestion(
@@ -48,3 +64,51 @@ def clean_question(raw: object, max_chars: int) -> str:
             "Please shorten it to the question you would like answered."
         )
     return text
+
+
+@cache
+def responses() -> dict:
+    """The reviewed wording of each answer shape (``data/responses.toml``)."""
+    return tomllib.loads(resources.files("ivig_qa.data").joinpath("responses.toml").read_text("utf-8"))
+
+
+def care_team_questions(message: str) -> list[str]:
+    """Questions worth asking the prescriber, picked by what the message is about."""
+    text = message.lower()
+    picked: list[str] = []
+    for group in responses()["ask"]:
+        if any(re.search(rf"\b{re.escape(w)}\b", text) for w in group["words"]):
+            picked += group["questions"]
+            break
+    return picked + responses()["general"]["questions"]
+
+
+def urgent_text(body: str) -> str:
+    r = responses()
+    return r["urgent"] + (f"\n\n{r['urgent_sources']}\n{body}" if body else "")
+
+
+def personal_text(message: str, body: str) -> str:
+    r = responses()
+    asks = "\n".join(f"- {q}" for q in care_team_questions(message))
+    sources = f"\n\n{body}" if body else ""
+    return f"{r['personal']}{sources}\n\n{r['personal_ask']}\n{asks}"
+
+
+def answered_text(body: str) -> str:
+    return f"{responses()['answered']}\n{body}"
+
+
+def not_in_sources_text(unknown_terms: list[str], body: str, titles: list[str], injection: bool) -> str:
+    """Say so plainly, show the closest passage when there is one, list what is covered."""
+    r = responses()
+    if unknown_terms:
+        # The terms are letters and digits only (see triage._WORD), so echoing them is safe.
+        head = r["not_in_sources_terms"].format(terms=", ".join(f"“{t}”" for t in unknown_terms))
+    else:
+        head = r["not_in_sources"]
+    parts = [r["injection"], head] if injection else [head]
+    if body:
+        parts.append(f"{r['closest']}\n{body}")
+    parts.append(r["can_help"] + "\n" + "\n".join(f"- {t}" for t in titles))
+    return "\n\n".join(parts)

@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import chromadb
@@ -164,7 +163,9 @@ class IndexStore:
     @property
     def embeddings(self) -> Embeddings:
         if self._embeddings is None:
-            self._embeddings = load_embeddings(self.settings.embedding_model, self.settings.embedding_batch_size)
+            self._embeddings = load_embeddings(
+                self.settings.embedding_model, self.settings.embedding_batch_size
+            )
         return self._embeddings
 
     @property
@@ -336,7 +337,9 @@ class IndexStore:
         for kind in ("chunks", "sentences"):
             src = self.client.get_collection(self._name(kind, old))
             dst = self._collection(self._name(kind, new))
-            got = src.get(where={"doc_id": {"$in": doc_ids}}, include=["embeddings", "documents", "metadatas"])
+            got = src.get(
+                where={"doc_id": {"$in": doc_ids}}, include=["embeddings", "documents", "metadatas"]
+            )
             ids = got["ids"]
             for i in range(0, len(ids), 1000):
                 dst.add(

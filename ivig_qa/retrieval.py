@@ -29,17 +29,163 @@ from ivig_qa.settings import Settings
 from ivig_qa.types import Chunk, ScoredPassage
 
 STOPWORDS = frozenset(
-    """
-    a about above after again all am an and any are as at be because been before being
-    below between both but by can could did do does doing down during each few for from
-    further had has have having he her here hers herself him himself his how i if in into is
-    it its itself just me more most my myself no nor not now of off on once only or other
-    our ours out over own same she should so some such than that the their theirs them then
-    there these they this those through to too under until up very was we were what when
-    where which while who whom why will with would you your yours yourself im ive id dont
-    doesnt get gets got go going really thing things ok okay pls please thanks hi hey also
-    like know want wondering anyone someone say says tell u ur r
-    """.split()
+    [
+        "a",
+        "about",
+        "above",
+        "after",
+        "again",
+        "all",
+        "am",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "doing",
+        "down",
+        "during",
+        "each",
+        "few",
+        "for",
+        "from",
+        "further",
+        "had",
+        "has",
+        "have",
+        "having",
+        "he",
+        "her",
+        "here",
+        "hers",
+        "herself",
+        "him",
+        "himself",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "itself",
+        "just",
+        "me",
+        "more",
+        "most",
+        "my",
+        "myself",
+        "no",
+        "nor",
+        "not",
+        "now",
+        "of",
+        "off",
+        "on",
+        "once",
+        "only",
+        "or",
+        "other",
+        "our",
+        "ours",
+        "out",
+        "over",
+        "own",
+        "same",
+        "she",
+        "should",
+        "so",
+        "some",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "theirs",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "to",
+        "too",
+        "under",
+        "until",
+        "up",
+        "very",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "yours",
+        "yourself",
+        "im",
+        "ive",
+        "id",
+        "dont",
+        "doesnt",
+        "get",
+        "gets",
+        "got",
+        "go",
+        "going",
+        "really",
+        "thing",
+        "things",
+        "ok",
+        "okay",
+        "pls",
+        "please",
+        "thanks",
+        "hi",
+        "hey",
+        "also",
+        "like",
+        "know",
+        "want",
+        "wondering",
+        "anyone",
+        "someone",
+        "say",
+        "says",
+        "tell",
+        "u",
+        "ur",
+        "r",
+    ]
 )
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[./][a-z0-9]+)*")
@@ -62,6 +208,11 @@ def tokenize(text: str) -> list[str]:
 def _builtin_lay_terms() -> dict[str, str]:
     raw = resources.files("ivig_qa.data").joinpath("lay_terms.toml").read_text("utf-8")
     return tomllib.loads(raw)["expansions"]
+
+
+def lay_words() -> frozenset[str]:
+    """Every word of the lay vocabulary (these are known words, not unknown subjects)."""
+    return frozenset(w for key in _builtin_lay_terms() for w in _TOKEN.findall(key.lower()))
 
 
 class QueryExpander:
@@ -182,7 +333,9 @@ class HybridRetriever(BaseRetriever):
             return {}
         col = self.store.client.get_collection(self.store._name("sentences", self.manifest.version))
         got = col.get(ids=sentence_ids, include=["embeddings"])
-        return {i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], got["embeddings"], strict=True)}
+        return {
+            i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], got["embeddings"], strict=True)
+        }
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun

@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     k_bm25: int = 12
     k_final: int = 8
     rrf_k: int = 60
-    lay_terms_file: Path | None = Field(None, description="Extra lay-term expansions (TOML); adds to built-ins.")
+    lay_terms_file: Path | None = Field(
+        None, description="Extra lay-term expansions (TOML); adds to built-ins."
+    )
 
     # --- extractive composition --------------------------------------------------------
     max_answer_sentences: int = 5
@@ -61,7 +63,8 @@ class Settings(BaseSettings):
     # --- guardrails -----------------------------------------------------------------------
     max_question_chars: int = 4000
     max_history_turns: int = 20
-    min_support_score: float = 0.40
+    min_support_score: float = Field(0.40, description="Below this best-sentence similarity: not in sources.")
+    closest_passage_score: float = Field(0.30, description="Show the closest passage above this.")
 
     # --- answer engine ------------------------------------------------------------------
     engine: Literal["extractive", "llm"] = "extractive"
@@ -74,6 +77,22 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 60
     feedback_db: Path = Path("feedback.sqlite3")
     log_questions: bool = Field(False, description="Log question text. Off by default for privacy.")
+    chat_ui: bool = Field(True, description="Mount the Gradio chat at / (public: the API key guards /api).")
+    app_title: str = Field("IVIG questions", description="Title of the chat, the widget and the embed page.")
+    example_questions: list[str] = Field(
+        default_factory=lambda: [
+            "How often is IVIG given?",
+            "What are the side effects of IVIG?",
+            "Is IVIG used for lupus?",
+            "Can IVIG help with fibromyalgia or POTS?",
+        ],
+        description="Shown as one-click questions in the chat and the widget.",
+    )
+    max_history_message_chars: int = Field(8000, ge=1, description="Longest history message the API accepts.")
+    max_concurrent_answers: int = Field(4, ge=1, description="Answers computed at once; more requests wait.")
+    forwarded_allow_ips: str | None = Field(
+        None, description="Proxy addresses trusted for X-Forwarded-For (the client IP used by rate limits)."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,164 @@
+"""Triage: decide what kind of message this is before (and after) retrieval.
+
+* urgent — a red-flag symptom someone is having: the answer starts with what to do now;
+* personal — the user asks what they (or someone in their care) should do: the sources
+  are shared, the decision is left to the care team;
+* out of scope — the question's specific subject (a disease, drug, brand, unit) does not
+  appear in the sources, or nothing in them is close to the question.
+
+Rules live in ``data/triage.toml`` so clinicians can review them without reading code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from spellchecker import SpellChecker
+
+from ivig_qa.retrieval import STOPWORDS, stem
+
+_WORD = re.compile(r"[a-z][a-z0-9'-]*[a-z0-9]|[a-z]")
+
+
+def normalise(text: str) -> str:
+    """Lower case, straight apostrophes, single spaces: what the patterns are written for."""
+    text = text.lower().replace("’", "'").replace("‘", "'")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@cache
+def _rules() -> dict:
+    return tomllib.loads(resources.files("ivig_qa.data").joinpath("triage.toml").read_text("utf-8"))
+
+
+def _compile(patterns: list[str]) -> list[re.Pattern[str]]:
+    return [re.compile(p, re.IGNORECASE) for p in patterns]
+
+
+@dataclass(frozen=True)
+class Rules:
+    red_flags: list[re.Pattern[str]]
+    experiencing: list[re.Pattern[str]]
+    informational: list[re.Pattern[str]]
+    decision: list[re.Pattern[str]]
+    subject: list[re.Pattern[str]]
+    injection: list[re.Pattern[str]]
+    quantity: re.Pattern[str]
+    quantity_skip: frozenset[str]
+    chat_words: frozenset[str]
+    common_min_count: int
+
+    @classmethod
+    @cache
+    def load(cls) -> Rules:
+        r = _rules()
+        return cls(
+            red_flags=_compile(r["urgent"]["red_flags"]),
+            experiencing=_compile(r["urgent"]["experiencing"]),
+            informational=_compile(r["urgent"]["informational"]),
+            decision=_compile(r["personal"]["decision"]),
+            subject=_compile(r["personal"]["subject"]),
+            injection=_compile(r["scope"]["injection"]),
+            quantity=re.compile(r["scope"]["quantity_pattern"]),
+            quantity_skip=frozenset(r["scope"]["quantity_skip"]),
+            chat_words=frozenset(r["scope"]["chat_words"]),
+            common_min_count=int(r["scope"]["common_word_min_count"]),
+        )
+
+
+def _any(patterns: list[re.Pattern[str]], text: str) -> bool:
+    return any(p.search(text) for p in patterns)
+
+
+def is_urgent(message: str) -> bool:
+    """A red flag, unless the message is plainly a general question about side effects."""
+    text = normalise(message)
+    rules = Rules.load()
+    if not _any(rules.red_flags, text):
+        return False
+    experiencing = _any(rules.experiencing, text)
+    informational = _any(rules.informational, text)
+    return experiencing or not informational
+
+
+def is_personal(message: str) -> bool:
+    """Asks for a decision about the writer or someone in their care."""
+    text = normalise(message)
+    rules = Rules.load()
+    return _any(rules.subject, text) and _any(rules.decision, text)
+
+
+def has_injection(message: str) -> bool:
+    """Asks to change the assistant's rules; the rest of the message is still answered."""
+    return _any(Rules.load().injection, normalise(message))
+
+
+def strip_injection(message: str) -> str:
+    """The message without rule-changing phrases, so they cannot steer retrieval."""
+    text = message
+    for pattern in Rules.load().injection:
+        text = pattern.sub(" ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@cache
+def _english() -> SpellChecker:
+    return SpellChecker(distance=1)
+
+
+class ScopeChecker:
+    """Finds the words of a question that name a subject the sources never mention."""
+
+    def __init__(self, corpus_texts: list[str]) -> None:
+        vocab: set[str] = set()
+        for text in corpus_texts:
+            for word in _WORD.findall(text.lower()):
+                for part in re.split(r"[-']", word):
+                    if part:
+                        vocab.add(part)
+                        vocab.add(stem(part))
+                vocab.add(word)
+        self.vocab = frozenset(vocab)
+        self._by_initial: dict[str, list[str]] = {}
+        for word in self.vocab:
+            self._by_initial.setdefault(word[:1], []).append(word)
+        self.rules = Rules.load()
+
+    def _covered(self, word: str) -> bool:
+        if word in self.vocab or stem(word) in self.vocab:
+            return True
+        if len(word) < 5:
+            return False
+        pool = self._by_initial.get(word[:1], [])
+        return bool(difflib.get_close_matches(word, pool, n=1, cutoff=0.8))
+
+    def _common(self, word: str) -> bool:
+        return _english().word_frequency[word] >= self.rules.common_min_count
+
+    def unknown_subjects(self, question: str, lay_terms: frozenset[str] = frozenset()) -> list[str]:
+        """Rare words not in the sources, and quantity units the sources never use."""
+        text = normalise(question)
+        unknown: list[str] = []
+        words = [p for w in _WORD.findall(text) for p in re.split(r"-|'s?\b", w) if p]
+        for bare in dict.fromkeys(words):
+            if (
+                len(bare) < 2
+                or bare in STOPWORDS
+                or bare in self.rules.chat_words
+                or bare in lay_terms
+                or bare.isdigit()
+                or self._covered(bare)
+                or self._common(bare)
+            ):
+                continue
+            unknown.append(bare)
+        for m in self.rules.quantity.finditer(text):
+            unit = m.group(2)
+            if unit not in self.rules.quantity_skip and not self._covered(unit) and unit not in unknown:
+                unknown.append(unit)
+        return unknown
