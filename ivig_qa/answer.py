@@ -106,25 +106,32 @@ class ExtractiveEngine:
         return sentences[idx - 1].start if idx > 0 else sentence.start
 
     def select(self, ranked: list[Candidate], limit: int | None = None) -> list[Candidate]:
-        """Greedy pick: strong enough, not a near-duplicate, spread across documents."""
+        """Greedy pick: strong enough, not a near-duplicate, spread across documents.
+
+        The first pass takes each document's best sentence (so sources that agree or differ
+        are both heard), the second fills up with the next best overall.
+        """
         if not ranked:
             return []
         s = self.settings
         limit = min(limit or s.max_answer_sentences, s.max_answer_sentences)
         floor = max(s.min_sentence_score, ranked[0].score * s.relative_sentence_score)
+        eligible = [c for c in ranked if c.score >= floor]
+        best_per_doc = list({c.sentence.doc_id: c for c in reversed(eligible)}.values())
+        best_per_doc.sort(key=lambda c: -c.score)
         chosen: list[Candidate] = []
         per_doc: dict[str, int] = {}
-        for cand in ranked:
-            if cand.score < floor or len(chosen) >= limit:
+        for cand in [*best_per_doc, *eligible]:
+            if len(chosen) >= limit:
                 break
             doc = cand.sentence.doc_id
-            if per_doc.get(doc, 0) >= s.max_sentences_per_doc:
+            if cand in chosen or per_doc.get(doc, 0) >= s.max_sentences_per_doc:
                 continue
             if any(_jaccard(cand.terms, c.terms) > s.duplicate_overlap for c in chosen):
                 continue
             chosen.append(cand)
             per_doc[doc] = per_doc.get(doc, 0) + 1
-        return chosen
+        return sorted(chosen, key=lambda c: -c.score)
 
     # -- composing ------------------------------------------------------------------------
     def compose(self, question: str, retrieval: Retrieval, limit: int | None = None) -> Composition:

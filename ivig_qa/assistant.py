@@ -118,7 +118,7 @@ class Assistant:
         t = timer.started
         injection = has_injection(text)
         words = plain_text(strip_injection(text))
-        standalone = condense(words, turns)
+        standalone = condense(words, turns, self.retriever.term_weight)
         t = timer.lap("condense", t)
         retrieval = self.retriever.retrieve(standalone)
         t = timer.lap("retrieve", t)

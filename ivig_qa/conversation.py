@@ -9,7 +9,7 @@ the follow-up names a new topic, drops the earlier topic's words.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ivig_qa.retrieval import tokenize
 from ivig_qa.types import Message
@@ -45,7 +45,7 @@ TOPICS = {
     "children": "children child kids kid",
 }
 _TOPIC_TERMS = {name: set(tokenize(words)) for name, words in TOPICS.items()}
-MAX_STANDALONE_CONTEXT_TERMS = 12
+MAX_STANDALONE_CONTEXT_TERMS = 5
 _FOLLOW_UP_MARK = re.compile(r"\(follow-up to: ([^)]*)\)")
 SHORT_QUESTION_TERMS = 3
 
@@ -65,24 +65,32 @@ def is_follow_up(message: str) -> bool:
     )
 
 
-def _context_terms(previous: str, drop_topics: set[str]) -> list[str]:
-    """The earlier question's content words, minus the topics the follow-up replaces."""
+def _context_terms(previous: str, drop_topics: set[str], weight: Callable[[str], float]) -> list[str]:
+    """The earlier question's most specific words, minus the topics the follow-up replaces.
+
+    Only the few rarest words carry on (by ``weight``, the index's IDF): generic words
+    from the earlier question would otherwise drown what the follow-up asks.
+    """
     drop = set().union(*(_TOPIC_TERMS[t] for t in drop_topics)) if drop_topics else set()
     words = re.findall(r"[\w/'-]+", _FOLLOW_UP_MARK.sub(r" \1 ", previous))
-    kept = [w for w in words if tokenize(w) and not (set(tokenize(w)) & drop)]
-    return kept[-MAX_STANDALONE_CONTEXT_TERMS:]
+    kept = list(dict.fromkeys(w for w in words if tokenize(w) and not (set(tokenize(w)) & drop)))
+    top = set(sorted(kept, key=lambda w: -max(weight(t) for t in tokenize(w)))[:MAX_STANDALONE_CONTEXT_TERMS])
+    return [w for w in kept if w in top]
 
 
-def condense(message: str, history: Sequence[Message]) -> str:
-    """The message as a standalone question, using the user's earlier messages as context."""
+def condense(message: str, history: Sequence[Message], weight: Callable[[str], float] = lambda _t: 1.0) -> str:
+    """The message as a standalone question, using the user's earlier messages as context.
+
+    ``weight`` scores a term's specificity (the retriever passes its IDF).
+    """
     user_turns = [m.content for m in history if m.role == "user" and m.content.strip()]
     if not user_turns or not is_follow_up(message):
         return message
     previous = user_turns[-1]
     # A follow-up of a follow-up: resolve the earlier one first so its topic carries on.
     if len(user_turns) > 1:
-        previous = condense(previous, [Message(role="user", content=t) for t in user_turns[:-1]])
+        previous = condense(previous, [Message(role="user", content=t) for t in user_turns[:-1]], weight)
     new_topics = topics_of(message)
     old_topics = topics_of(previous) - new_topics if new_topics else set()
-    context = _context_terms(previous, old_topics)
+    context = _context_terms(previous, old_topics, weight)
     return f"{message} (follow-up to: {' '.join(context)})" if context else message

@@ -327,6 +327,10 @@ class HybridRetriever(BaseRetriever):
         ]
         return Retrieval(question, expanded, np.asarray(vector, dtype=np.float32), passages, sent_sims)
 
+    def term_weight(self, term: str) -> float:
+        """How specific a (tokenized) term is in this corpus: its BM25 IDF, 0 if unseen."""
+        return max(float(self.bm25.idf.get(term, 0.0)), 0.0)
+
     def sentence_vectors(self, sentence_ids: list[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the given sentences (the compose step scores them all)."""
         if not sentence_ids:

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     embedding_batch_size: int = 64
 
     # --- chunking (sizes chosen by measuring retrieval on eval/questions.jsonl) --------
-    chunk_max_chars: int = 450
+    chunk_max_chars: int = 700
     chunk_overlap_sentences: int = 1
 
     # --- retrieval ----------------------------------------------------------------------
@@ -54,10 +54,10 @@ class Settings(BaseSettings):
     )
 
     # --- extractive composition --------------------------------------------------------
-    max_answer_sentences: int = 5
-    max_sentences_per_doc: int = 3
+    max_answer_sentences: int = 8
+    max_sentences_per_doc: int = 4
     min_sentence_score: float = 0.30
-    relative_sentence_score: float = 0.72
+    relative_sentence_score: float = 0.6
     duplicate_overlap: float = 0.6
 
     # --- guardrails -----------------------------------------------------------------------
