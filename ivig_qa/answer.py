@@ -90,7 +90,11 @@ class ExtractiveEngine:
             dense = float(np.dot(vectors[sid], retrieval.query_vector))
             lexical = sum(max(idf.get(t, 0.0), 0.0) for t in q_terms & terms) / q_weight
             prior = 1.0 / (1.0 + passage.rank)
-            score = dense + 0.35 * lexical + 0.05 * prior
+            score = (
+                dense
+                + self.settings.sentence_lexical_weight * lexical
+                + self.settings.sentence_rank_weight * prior
+            )
             out.append(
                 Candidate(sentence, self._quote_start(sentence, passage), passage, score, terms, dense)
             )

@@ -66,7 +66,7 @@ class Assistant:
         self.store = store
         self.retriever = retriever
         self.engine: AnswerEngine = ExtractiveEngine(retriever, settings)
-        self.scope = ScopeChecker([c.context_text() for c in retriever.chunks.values()])
+        self.scope = ScopeChecker(retriever.vocabulary)
         self.lay_words = lay_words()
 
     @classmethod
@@ -117,7 +117,7 @@ class Assistant:
             return self._answer(Status.INVALID_INPUT, str(exc), question, "", timer)
         t = timer.started
         injection = has_injection(text)
-        words = plain_text(strip_injection(text))
+        words = self.retriever.vocabulary.normalise(plain_text(strip_injection(text)))
         standalone = condense(words, turns, self.retriever.term_weight)
         t = timer.lap("condense", t)
         retrieval = self.retriever.retrieve(standalone)

@@ -78,7 +78,9 @@ def _context_terms(previous: str, drop_topics: set[str], weight: Callable[[str],
     return [w for w in kept if w in top]
 
 
-def condense(message: str, history: Sequence[Message], weight: Callable[[str], float] = lambda _t: 1.0) -> str:
+def condense(
+    message: str, history: Sequence[Message], weight: Callable[[str], float] = lambda _t: 1.0
+) -> str:
     """The message as a standalone question, using the user's earlier messages as context.
 
     ``weight`` scores a term's specificity (the retriever passes its IDF).

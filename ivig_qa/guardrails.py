@@ -23,7 +23,10 @@ DISCLAIMER = (
 _ALLOWED_CONTROLS = {"\n", "\t", "\r"}
 
 
-_MARKUP = re.compile(r"<[^>]*>|\]\([^)]*\)|\b(?:https?|javascript|data):\S*", re.IGNORECASE)
+_MARKUP = re.compile(
+    r"<(script|style)\b.*?(</\1\s*>|$)|<[^>]*>|\]\([^)]*\)|\b(?:https?|javascript|data):\S*",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 def plain_text(question: str) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 import chromadb
 from chromadb.api import ClientAPI
+from chromadb.api.shared_system_client import SharedSystemClient
 from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaSettings
 from langchain_chroma import Chroma
@@ -362,6 +363,7 @@ class IndexStore:
     def _wipe_local(self) -> None:
         """``--rebuild``: start from an empty folder, whatever state the old one is in."""
         self._client = None
+        SharedSystemClient.clear_system_cache()  # chromadb caches open databases per path
         path = self.settings.index_dir
         if path.exists():
             shutil.rmtree(path)

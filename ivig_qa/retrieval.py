@@ -9,6 +9,7 @@ common lay terms ("drip" → infusion, "nursing" → breast-feeding).
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections import defaultdict
@@ -210,9 +211,66 @@ def _builtin_lay_terms() -> dict[str, str]:
     return tomllib.loads(raw)["expansions"]
 
 
+@cache
+def _chat_rewrites() -> dict[str, str]:
+    raw = resources.files("ivig_qa.data").joinpath("lay_terms.toml").read_text("utf-8")
+    return tomllib.loads(raw).get("rewrite", {})
+
+
+@cache
 def lay_words() -> frozenset[str]:
     """Every word of the lay vocabulary (these are known words, not unknown subjects)."""
-    return frozenset(w for key in _builtin_lay_terms() for w in _TOKEN.findall(key.lower()))
+    keys = [*_builtin_lay_terms(), *_chat_rewrites()]
+    return frozenset(w for key in keys for w in _TOKEN.findall(key.lower()))
+
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9']*")
+
+
+class Vocabulary:
+    """The corpus's words, for typo correction and for telling known subjects from unknown."""
+
+    def __init__(self, texts: list[str]) -> None:
+        words: set[str] = set()
+        for text in texts:
+            for word in re.findall(r"[a-z][a-z0-9'-]*[a-z0-9]|[a-z]", text.lower()):
+                for part in re.split(r"[-']", word):
+                    if part:
+                        words.update((part, stem(part)))
+                words.add(word)
+        self.words = frozenset(words)
+        self._by_initial: dict[str, list[str]] = defaultdict(list)
+        for word in self.words:
+            self._by_initial[word[:1]].append(word)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.words or stem(word) in self.words
+
+    def closest(self, word: str) -> str | None:
+        """The corpus word a (5+ letter) misspelling most likely meant, if any."""
+        if len(word) < 5:
+            return None
+        found = difflib.get_close_matches(word, self._by_initial.get(word[:1], []), n=1, cutoff=0.8)
+        return found[0] if found else None
+
+    def has_prefix_of(self, word: str, min_len: int = 5) -> bool:
+        """An inflection of a corpus word ("trialled" for "trial", "infusing" for "infus…")."""
+        return any(word[:n] in self.words for n in range(min_len, len(word)))
+
+    def normalise(self, question: str) -> str:
+        """Rewrite chat shorthand and fix misspellings of the sources' own words."""
+        rewrites = _chat_rewrites()
+
+        def fix(m: re.Match[str]) -> str:
+            word = m.group()
+            low = word.lower()
+            if low in rewrites:
+                return rewrites[low]
+            if low in self or low in STOPWORDS or low in lay_words():
+                return word
+            return self.closest(low) or word
+
+        return _WORD.sub(fix, question)
 
 
 class QueryExpander:
@@ -264,6 +322,7 @@ class HybridRetriever(BaseRetriever):
     bm25: BM25Okapi
     bm25_ids: list[str]
     expander: QueryExpander
+    vocabulary: Vocabulary
 
     @classmethod
     def open(cls, store: IndexStore, manifest: Manifest) -> HybridRetriever:
@@ -278,6 +337,7 @@ class HybridRetriever(BaseRetriever):
             bm25=BM25Okapi(corpus_tokens),
             bm25_ids=ids,
             expander=QueryExpander(store.settings.lay_terms_file),
+            vocabulary=Vocabulary([c.context_text() for c in chunks]),
         )
 
     # -- the three rankings --------------------------------------------------------------

@@ -9,6 +9,7 @@ the operator's config is reported instead of silently ignored.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,7 @@ from pydantic_settings import (
 )
 
 DEFAULT_CONFIG_FILE = "ivig-qa.toml"
+_config_file: ContextVar[Path | None] = ContextVar("ivig_qa_config_file", default=None)
 
 
 class Settings(BaseSettings):
@@ -54,6 +56,8 @@ class Settings(BaseSettings):
     )
 
     # --- extractive composition --------------------------------------------------------
+    sentence_lexical_weight: float = Field(0.35, description="Weight of IDF-weighted word overlap.")
+    sentence_rank_weight: float = Field(0.2, description="Weight of the passage's retrieval rank.")
     max_answer_sentences: int = 8
     max_sentences_per_doc: int = 4
     min_sentence_score: float = 0.30
@@ -63,7 +67,7 @@ class Settings(BaseSettings):
     # --- guardrails -----------------------------------------------------------------------
     max_question_chars: int = 4000
     max_history_turns: int = 20
-    min_support_score: float = Field(0.40, description="Below this best-sentence similarity: not in sources.")
+    min_support_score: float = Field(0.33, description="Below this best-sentence similarity: not in sources.")
     closest_passage_score: float = Field(0.30, description="Show the closest passage above this.")
 
     # --- answer engine ------------------------------------------------------------------
@@ -103,5 +107,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = Path(os.environ.get("IVIG_QA_CONFIG", DEFAULT_CONFIG_FILE))
+        toml_path = _config_file.get() or Path(os.environ.get("IVIG_QA_CONFIG", DEFAULT_CONFIG_FILE))
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+
+    @classmethod
+    def load(cls, config: Path | None = None, **overrides: object) -> Settings:
+        """Settings read from ``config`` (instead of ivig-qa.toml) plus explicit overrides."""
+        token = _config_file.set(config)
+        try:
+            return cls(**overrides)
+        finally:
+            _config_file.reset(token)

@@ -11,7 +11,6 @@ Rules live in ``data/triage.toml`` so clinicians can review them without reading
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from importlib import resources
 
 from spellchecker import SpellChecker
 
-from ivig_qa.retrieval import STOPWORDS, stem
+from ivig_qa.retrieval import STOPWORDS, Vocabulary
 
 _WORD = re.compile(r"[a-z][a-z0-9'-]*[a-z0-9]|[a-z]")
 
@@ -106,6 +105,22 @@ def strip_injection(message: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+LONG_MESSAGE_SENTENCES = 4
+
+
+def question_part(message: str) -> str:
+    """What a long message actually asks: its questions, or else its last two sentences.
+
+    Patients often tell their story first; the drugs and places in the story are context,
+    not the subject of the question.
+    """
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", message.strip()) if s]
+    if len(sentences) <= LONG_MESSAGE_SENTENCES:
+        return message
+    asked = [s for s in sentences if s.rstrip().endswith("?")]
+    return " ".join(asked or sentences[-2:])
+
+
 @cache
 def _english() -> SpellChecker:
     return SpellChecker(distance=1)
@@ -114,40 +129,28 @@ def _english() -> SpellChecker:
 class ScopeChecker:
     """Finds the words of a question that name a subject the sources never mention."""
 
-    def __init__(self, corpus_texts: list[str]) -> None:
-        vocab: set[str] = set()
-        for text in corpus_texts:
-            for word in _WORD.findall(text.lower()):
-                for part in re.split(r"[-']", word):
-                    if part:
-                        vocab.add(part)
-                        vocab.add(stem(part))
-                vocab.add(word)
-        self.vocab = frozenset(vocab)
-        self._by_initial: dict[str, list[str]] = {}
-        for word in self.vocab:
-            self._by_initial.setdefault(word[:1], []).append(word)
+    def __init__(self, vocabulary: Vocabulary) -> None:
+        self.vocabulary = vocabulary
         self.rules = Rules.load()
 
     def _covered(self, word: str) -> bool:
-        if word in self.vocab or stem(word) in self.vocab:
-            return True
-        if len(word) < 5:
-            return False
-        pool = self._by_initial.get(word[:1], [])
-        return bool(difflib.get_close_matches(word, pool, n=1, cutoff=0.8))
+        return (
+            word in self.vocabulary
+            or self.vocabulary.closest(word) is not None
+            or self.vocabulary.has_prefix_of(word)
+        )
 
     def _common(self, word: str) -> bool:
         return _english().word_frequency[word] >= self.rules.common_min_count
 
     def unknown_subjects(self, question: str, lay_terms: frozenset[str] = frozenset()) -> list[str]:
         """Rare words not in the sources, and quantity units the sources never use."""
-        text = normalise(question)
+        text = normalise(question_part(question))
         unknown: list[str] = []
         words = [p for w in _WORD.findall(text) for p in re.split(r"-|'s?\b", w) if p]
         for bare in dict.fromkeys(words):
             if (
-                len(bare) < 2
+                len(bare) < 3
                 or bare in STOPWORDS
                 or bare in self.rules.chat_words
                 or bare in lay_terms
