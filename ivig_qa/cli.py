@@ -33,15 +33,11 @@ EXIT_INVALID = 2
 
 def load_settings(config: Path | None = None, **overrides: object) -> Settings:
     """Settings from env + TOML; a bad config is a readable error and exit code 2."""
-    import os
-
-    if config is not None:
-        if not config.is_file():
-            err.print(f"[red]config file not found:[/] {config}")
-            raise typer.Exit(EXIT_INVALID)
-        os.environ["IVIG_QA_CONFIG"] = str(config)
+    if config is not None and not config.is_file():
+        err.print(f"[red]config file not found:[/] {config}")
+        raise typer.Exit(EXIT_INVALID)
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings.load(config, **{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         err.print("[red]invalid settings:[/]\n" + "\n".join(lines))
@@ -211,7 +207,7 @@ def eval_command(
         thresholds = [ev.parse_threshold(spec) for spec in fail_under or []]
         support = ev.make_checker(checker)
     except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
     settings = load_settings(config, engine=engine)
     try:
@@ -223,14 +219,16 @@ def eval_command(
     except ev.EvalSetError as exc:
         err.print(f"[red]invalid question set[/] ({len(exc.errors)} problem(s)):", highlight=False)
         for line in exc.errors:
-            err.print(f"  {line}", markup=False, highlight=False)
+            err.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
     assistant = load_assistant(settings)
     with _progress() as bar:
         base = None
         if baseline:
             building = bar.add_task("baseline: embedding 1000-char chunks", total=None)
-            base = ev.BaselineRetriever.build(documents, settings.embedding_model)
+            base = ev.BaselineRetriever.build(
+                documents, settings.embedding_model, settings.embedding_batch_size
+            )
             bar.update(building, total=1, completed=1)
         task = bar.add_task(f"evaluating {set_file.name}", total=len(items))
         try:
@@ -252,9 +250,24 @@ def eval_command(
     console.print("report: " + ", ".join(str(p) for p in paths), highlight=False)
     misses = ev.missed_thresholds(report.metrics, thresholds)
     for why in misses:
-        err.print(f"[red]threshold missed:[/] {why}", highlight=False)
+        err.print(f"[red]threshold missed:[/] {why}", highlight=False, soft_wrap=True)
     if misses:
         raise typer.Exit(1)
+
+
+HostOpt = Annotated[str | None, typer.Option("--host", help="Address to listen on (default: settings.host).")]
+PortOpt = Annotated[int | None, typer.Option("--port", help="Port to listen on (default: settings.port).")]
+
+
+@app.command()
+def serve(host: HostOpt = None, port: PortOpt = None, config: ConfigOpt = None) -> None:
+    """Serve the HTTP API (/api), the chat (/), the widget (/widget.js) and the embed page (/embed)."""
+    from ivig_qa.server import configure_logging
+    from ivig_qa.server import serve as run_server
+
+    settings = load_settings(config, host=host, port=port)
+    configure_logging()
+    run_server(settings)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-from ivig_qa.assistant import Assistant  # noqa: E402
-from ivig_qa.settings import Settings  # noqa: E402
+from ivig_qa.assistant import Assistant
+from ivig_qa.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "corpus"
