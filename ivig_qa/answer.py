@@ -8,7 +8,10 @@ which source says what. Engines share one interface so an LLM engine can stand i
 from __future__ import annotations
 
 import re
+import tomllib
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from typing import Protocol
 
 import numpy as np
@@ -46,6 +49,30 @@ class AnswerEngine(Protocol):
     def compose(self, question: str, retrieval: Retrieval, limit: int | None = None) -> Composition: ...
 
 
+@dataclass(frozen=True)
+class AnswerType:
+    """A kind of fact a question asks for, and how a sentence that states it looks."""
+
+    name: str
+    question: re.Pattern[str]
+    sentence: re.Pattern[str]
+
+
+@cache
+def answer_types() -> tuple[AnswerType, ...]:
+    raw = tomllib.loads(resources.files("ivig_qa.data").joinpath("answer_types.toml").read_text("utf-8"))
+    return tuple(
+        AnswerType(
+            t["name"], re.compile(t["question"], re.IGNORECASE), re.compile(t["sentence"], re.IGNORECASE)
+        )
+        for t in raw["type"]
+    )
+
+
+def asked_types(question: str) -> list[AnswerType]:
+    return [t for t in answer_types() if t.question.search(question)]
+
+
 @dataclass
 class Candidate:
     """A quotable span (one sentence, or two when the second leans on the first)."""
@@ -80,20 +107,30 @@ class ExtractiveEngine:
                 owner.setdefault(sentence.sentence_id, (sentence, passage))
         vectors = self.retriever.sentence_vectors(list(owner))
         idf = self.retriever.bm25.idf
-        q_terms = set(tokenize(retrieval.expanded_query))
-        q_weight = sum(max(idf.get(t, 0.0), 0.0) for t in q_terms) or 1.0
+        wanted_types = asked_types(retrieval.query)
+        asked = set(tokenize(retrieval.query))
+        expansion = set(tokenize(retrieval.expanded_query)) - asked
+
+        def coverage(terms: frozenset[str], wanted: set[str]) -> float:
+            """IDF-weighted share of ``wanted`` found in ``terms``."""
+            total = sum(max(idf.get(t, 0.0), 0.0) for t in wanted)
+            return sum(max(idf.get(t, 0.0), 0.0) for t in wanted & terms) / total if total else 0.0
+
         out: list[Candidate] = []
         for sid, (sentence, passage) in owner.items():
             terms = frozenset(tokenize(sentence.text))
             if len(terms) < MIN_CONTENT_TERMS or sid not in vectors:
                 continue
             dense = float(np.dot(vectors[sid], retrieval.query_vector))
-            lexical = sum(max(idf.get(t, 0.0), 0.0) for t in q_terms & terms) / q_weight
+            # The user's own words count fully; the lay-term expansions are a hint.
+            lexical = coverage(terms, asked) + 0.5 * coverage(terms, expansion)
+            typed = any(t.sentence.search(sentence.text) for t in wanted_types)
             prior = 1.0 / (1.0 + passage.rank)
             score = (
                 dense
                 + self.settings.sentence_lexical_weight * lexical
                 + self.settings.sentence_rank_weight * prior
+                + self.settings.answer_type_weight * typed
             )
             out.append(
                 Candidate(sentence, self._quote_start(sentence, passage), passage, score, terms, dense)

@@ -13,6 +13,7 @@ import difflib
 import re
 import tomllib
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -301,12 +302,12 @@ class Retrieval:
     sentence_similarity: dict[str, float]
 
 
-def rrf(rankings: list[list[str]], k: int) -> dict[str, float]:
-    """Reciprocal rank fusion (Cormack et al., 2009): robust to incomparable score scales."""
+def rrf(rankings: list[list[str]], k: int, weights: Sequence[float] | None = None) -> dict[str, float]:
+    """Weighted reciprocal rank fusion (Cormack et al., 2009): robust to incomparable scores."""
     fused: dict[str, float] = defaultdict(float)
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
         for rank, key in enumerate(ranking):
-            fused[key] += 1.0 / (k + rank + 1)
+            fused[key] += weight / (k + rank + 1)
     return fused
 
 
@@ -373,7 +374,9 @@ class HybridRetriever(BaseRetriever):
         dense_ids, chunk_sims = self._dense_chunks(vector)
         sent_sims, best_sentence = self._dense_sentences(vector)
         lexical_ids = self._lexical(expanded)
-        fused = rrf([dense_ids, list(best_sentence), lexical_ids], self.settings.rrf_k)
+        fused = rrf(
+            [dense_ids, list(best_sentence), lexical_ids], self.settings.rrf_k, self.settings.rrf_weights
+        )
         top = sorted(fused.items(), key=lambda kv: -kv[1])[: self.settings.k_final]
         passages = [
             ScoredPassage(

