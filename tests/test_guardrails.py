@@ -185,6 +185,7 @@ def test_follow_up_replaces_the_earlier_topic() -> None:
 @pytest.mark.parametrize(
     ("turns", "follow_up", "expected"),
     [
+        (["do babies get meds before their ivig?"], "how long before?", "30 to 60 minutes"),
         (["is ivig safe in pregnancy for lupus?"], "what about breastfeeding?", "breast-feeding"),
         (["how much does ivig cost for infants?"], "and how much do they give?", "0.4 to 2.0"),
         (["what did the chronic pain review find for CRPS?"], "and post polio?", "post-polio"),
