@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     max_answer_sentences: int = 8
     max_sentences_per_doc: int = 4
     min_sentence_score: float = 0.30
-    relative_sentence_score: float = 0.6
+    relative_sentence_score: float = 0.5
     duplicate_overlap: float = 0.6
 
     # --- guardrails -----------------------------------------------------------------------
