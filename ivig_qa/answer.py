@@ -75,10 +75,11 @@ def asked_types(question: str) -> list[AnswerType]:
 
 @dataclass
 class Candidate:
-    """A quotable span (one sentence, or two when the second leans on the first)."""
+    """A quotable span: a sentence, widened to its neighbours when one leans on the other."""
 
     sentence: Sentence
     quote_start: int
+    quote_end: int
     passage: ScoredPassage
     score: float
     terms: frozenset[str]
@@ -133,18 +134,33 @@ class ExtractiveEngine:
                 + self.settings.answer_type_weight * typed
             )
             out.append(
-                Candidate(sentence, self._quote_start(sentence, passage), passage, score, terms, dense)
+                Candidate(sentence, *self._quote_span(sentence, passage), passage, score, terms, dense)
             )
         return sorted(out, key=lambda c: -c.score)
 
     @staticmethod
-    def _quote_start(sentence: Sentence, passage: ScoredPassage) -> int:
-        """Start the quote one sentence earlier when this one starts with 'It', 'However'…"""
-        if not _ANAPHORIC.match(sentence.text):
-            return sentence.start
+    def _quote_span(sentence: Sentence, passage: ScoredPassage) -> tuple[int, int]:
+        """Widen the quote so it reads on its own.
+
+        A sentence opening with "It", "However"… takes the sentence before it; a sentence
+        followed (in the same paragraph) by one that opens that way takes that one too
+        ("…increased in dysautonomia. That problem can be ameliorated by…").
+        """
         sentences = passage.chunk.sentences
         idx = next(i for i, s in enumerate(sentences) if s.start == sentence.start)
-        return sentences[idx - 1].start if idx > 0 else sentence.start
+        text, offset = passage.chunk.text, passage.chunk.start
+
+        def same_paragraph(a: Sentence, b: Sentence) -> bool:
+            return "\n\n" not in text[a.end - offset : b.start - offset]
+
+        start, end = sentence.start, sentence.end
+        if idx > 0 and _ANAPHORIC.match(sentence.text) and same_paragraph(sentences[idx - 1], sentence):
+            start = sentences[idx - 1].start
+        if idx + 1 < len(sentences):
+            following = sentences[idx + 1]
+            if _ANAPHORIC.match(following.text) and same_paragraph(sentence, following):
+                end = following.end
+        return start, end
 
     def select(self, ranked: list[Candidate], limit: int | None = None) -> list[Candidate]:
         """Greedy pick: strong enough, not a near-duplicate, spread across documents.
@@ -184,7 +200,7 @@ class ExtractiveEngine:
 
 def _merge_spans(cands: list[Candidate]) -> list[tuple[int, int, Candidate]]:
     """Within a document, join overlapping or touching quotes into one span, source order."""
-    spans = sorted(((c.quote_start, c.sentence.end, c) for c in cands), key=lambda t: t[0])
+    spans = sorted(((c.quote_start, c.quote_end, c) for c in cands), key=lambda t: t[0])
     merged: list[tuple[int, int, Candidate]] = []
     for start, end, cand in spans:
         if merged and start <= merged[-1][1] + 2 and merged[-1][2].passage is cand.passage:

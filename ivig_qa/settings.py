@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     sentence_rank_weight: float = Field(0.2, description="Weight of the passage's retrieval rank.")
     answer_type_weight: float = Field(0.3, description="Boost for sentences stating the kind of fact asked.")
     max_answer_sentences: int = 8
-    max_sentences_per_doc: int = 4
+    max_sentences_per_doc: int = 5
     min_sentence_score: float = 0.30
     relative_sentence_score: float = 0.5
     duplicate_overlap: float = 0.6
