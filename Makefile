@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EVAL_GATE := retrieval_recall=0.92 cited_recall=0.72 key_fact_coverage=0.82 status_accuracy=0.95 \
+EVAL_GATE := retrieval_recall=0.93 cited_recall=0.80 key_fact_coverage=0.90 status_accuracy=0.95 \
 	false_refusals=3 missed_emergencies=0 quotes_verbatim=1 disclaimer_present=1 disclaimer_constant=1 \
 	markers_resolve=1 html_escaped=1
 
