@@ -58,6 +58,18 @@ class _Timer:
         return {**self.marks, "total": round((time.perf_counter() - self.started) * 1000, 2)}
 
 
+_BODY = "\x00body\x00"  # stands for the sources' part when splitting a fixed answer shape
+
+
+def make_engine(retriever: HybridRetriever, settings: Settings) -> AnswerEngine:
+    """The answer engine ``settings.engine`` names (the LLM one is imported only when asked for)."""
+    if settings.engine == "llm":
+        from ivig_qa.llm import LLMEngine
+
+        return LLMEngine.from_settings(retriever, settings)
+    return ExtractiveEngine(retriever, settings)
+
+
 class Assistant:
     """Answers questions about IVIG from the indexed corpus, with citations."""
 
@@ -65,7 +77,7 @@ class Assistant:
         self.settings = settings
         self.store = store
         self.retriever = retriever
-        self.engine: AnswerEngine = ExtractiveEngine(retriever, settings)
+        self.engine: AnswerEngine = make_engine(retriever, settings)
         self.scope = ScopeChecker(retriever.vocabulary)
         self.lay_words = lay_words()
 
@@ -109,12 +121,19 @@ class Assistant:
     # -- answering -------------------------------------------------------------------------
     def ask(self, question: str, history: HistoryLike | None = None) -> Answer:
         """Answer one user message (with the conversation so far) as an ``Answer``."""
+        *_, answer = self._run(question, history, streaming=False)
+        assert isinstance(answer, Answer)
+        return answer
+
+    def _run(self, question: str, history: HistoryLike | None, streaming: bool) -> Iterator[str | Answer]:
+        """The whole flow; yields the engine's text pieces when streaming, then the ``Answer``."""
         timer = _Timer.start()
         try:
             text = clean_question(question, self.settings.max_question_chars)
             turns = self._history(history)
         except InvalidQuestion as exc:
-            return self._answer(Status.INVALID_INPUT, str(exc), question, "", timer)
+            yield self._answer(Status.INVALID_INPUT, str(exc), question, "", timer)
+            return
         t = timer.started
         injection = has_injection(text)
         words = self.retriever.vocabulary.normalise(plain_text(strip_injection(text)))
@@ -124,12 +143,26 @@ class Assistant:
         t = timer.lap("retrieve", t)
         urgent = is_urgent(text)
         personal = not urgent and is_personal(text)
-        found = self.engine.compose(standalone, retrieval, limit=3 if urgent else None)
+        limit = 3 if urgent else None
+        stream_compose = getattr(self.engine, "stream_compose", None) if streaming else None
+        if stream_compose is None:
+            found = self.engine.compose(standalone, retrieval, limit=limit)
+        else:
+            if urgent:  # the urgent-care instructions come first, before any generated text
+                yield urgent_text(_BODY).split(_BODY)[0]
+            found = None
+            for piece in stream_compose(standalone, retrieval, limit=limit):
+                if isinstance(piece, Composition):
+                    found = piece
+                else:
+                    yield piece
+            assert found is not None
         t = timer.lap("compose", t)
+        timer.marks.update(getattr(found, "timings", {}))
         status, body = self._shape(words, found, urgent, personal, injection)
         timer.lap("guard", t)
         citations = found.citations if status != Status.NOT_IN_SOURCES or found.text in body else []
-        return self._answer(status, body, text, standalone, timer, citations)
+        yield self._answer(status, body, text, standalone, timer, citations, engine=found.engine)
 
     def _shape(
         self, words: str, found: Composition, urgent: bool, personal: bool, injection: bool
@@ -148,24 +181,37 @@ class Assistant:
         return Status.ANSWERED, answered_text(found.text)
 
     def _history(self, history: HistoryLike | None) -> list[Message]:
-        """Validated recent turns; a malformed turn is an input error, not a crash."""
+        """Validated recent turns; a malformed turn is an input error, not a crash.
+
+        Earlier user messages get the same clean-up as the current one (markup, chat
+        shorthand, typos), since their words become the follow-up's context.
+        """
         turns: list[Message] = []
         for item in list(history or [])[-self.settings.max_history_turns :]:
             try:
-                turns.append(item if isinstance(item, Message) else Message.model_validate(item))
+                turn = item if isinstance(item, Message) else Message.model_validate(item)
             except ValidationError as exc:
                 raise InvalidQuestion(
                     "The conversation history is malformed: each turn needs a role "
                     "('user' or 'assistant') and text content."
                 ) from exc
+            if turn.role == "user":
+                cleaned = self.retriever.vocabulary.normalise(plain_text(turn.content))
+                turn = Message(role="user", content=cleaned)
+            turns.append(turn)
         return turns
 
     def stream(self, question: str, history: HistoryLike | None = None) -> Iterator[str | Answer]:
         """Yield the answer text piece by piece, then the final ``Answer``.
 
-        The extractive engine composes in one step, so pieces are its lines; an LLM engine
-        yields tokens as they are generated. The last item is always the ``Answer``.
+        The extractive engine composes in one step, so pieces are its lines; an engine with
+        ``stream_compose`` (the LLM engine) yields tokens as they are generated. The last item
+        is always the ``Answer``, and it is authoritative: its text is the verified answer,
+        which may leave out generated sentences that were streamed before verification.
         """
+        if getattr(self.engine, "stream_compose", None) is not None:
+            yield from self._run(question, history, streaming=True)
+            return
         answer = self.ask(question, history)
         yield from answer.answer.splitlines(keepends=True)
         yield answer
@@ -182,6 +228,7 @@ class Assistant:
         standalone: str,
         timer: _Timer,
         citations: list | None = None,
+        engine: str | None = None,
     ) -> Answer:
         return Answer(
             status=status,
@@ -190,7 +237,7 @@ class Assistant:
             disclaimer=DISCLAIMER,
             question=question if isinstance(question, str) else "",
             standalone_question=standalone,
-            engine=self.engine.name,
+            engine=engine or self.engine.name,
             timings_ms=timer.total(),
             answer_id=uuid.uuid4().hex,
         )

@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -74,7 +75,7 @@ def load_assistant(settings: Settings):
         try:
             return Assistant.load(settings, progress=on_progress)
         except (CorpusError, IndexUnavailableError, ModelNotFoundError) as exc:
-            err.print(f"[red]error:[/] {exc}")
+            err.print("[red]error:[/]", escape(str(exc)))
             raise typer.Exit(1) from None
 
 
@@ -109,7 +110,7 @@ def index(
                 progress=lambda done, total, _d: bar.update(task, completed=done, total=total),
             )
         except (CorpusError, IndexUnavailableError, ModelNotFoundError) as exc:
-            err.print(f"[red]error:[/] {exc}")
+            err.print("[red]error:[/]", escape(str(exc)))
             raise typer.Exit(1) from None
     for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
@@ -255,6 +256,70 @@ def eval_command(
         raise typer.Exit(1)
 
 
+@app.command()
+def models(
+    join: Annotated[
+        bool, typer.Option("--join", help="Join the installed parts into the cache now (and verify).")
+    ] = False,
+    full: Annotated[
+        bool, typer.Option("--verify", help="Hash the joined file again instead of trusting its stamp.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Show the packaged LLM for `engine = "llm"`: its parts, the joined file and its SHA-256 check."""
+    import importlib.util
+
+    from rich.markup import escape
+
+    from ivig_qa import models as packaged
+
+    settings = load_settings(config)
+    if join:
+        with _progress() as bar:
+            task = bar.add_task("joining model parts (MB)", total=None)
+            try:
+                packaged.assemble(
+                    settings.llm_model_dir,
+                    full_check=full,
+                    progress=lambda done, total: bar.update(task, completed=done >> 20, total=total >> 20),
+                )
+            except packaged.ModelUnavailableError as exc:
+                err.print("[red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+    state = packaged.status(settings.llm_model_dir, full_check=full)
+    table = Table(title="LLM (engine = llm)", show_header=False)
+    table.add_column("what", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_row("engine in use", settings.engine)
+    table.add_row("backend", settings.llm_backend)
+    libs = {m: importlib.util.find_spec(m) is not None for m in ("llama_cpp", "langchain_openai")}
+    table.add_row("libraries", ", ".join(f"{m}: {'yes' if ok else 'no'}" for m, ok in libs.items()))
+    if settings.llm_model_path is not None:
+        table.add_row("model file (llm_model_path)", str(settings.llm_model_path))
+    table.add_row("packaged model", f"{packaged.MODEL_NAME} ({packaged.PART_COUNT} parts)")
+    versions = sorted({p.version for p in state.parts if p.version})
+    table.add_row(
+        "parts installed",
+        f"{state.parts_installed}/{packaged.PART_COUNT}"
+        + (f" (version {', '.join(versions)})" if versions else ""),
+    )
+    missing = [str(p.n) for p in state.parts if not p.installed]
+    if missing:
+        table.add_row("parts missing", ", ".join(missing) + f" — {escape(packaged.INSTALL_HINT)}")
+    table.add_row("joined file", f"{state.path}" + ("" if state.exists else " (not joined yet)"))
+    if state.size is not None:
+        table.add_row("size", f"{state.size:,} bytes")
+    table.add_row("expected SHA-256", packaged.MODEL_SHA256)
+    if full and state.sha256:
+        table.add_row("SHA-256 now", state.sha256)
+    how = "hashed now" if full else "size+mtime stamp of the last full check"
+    verdict = "[green]verified[/]" if state.verified else "[red]not verified[/]"
+    table.add_row("verified", f"{verdict} ({how})" if state.exists else "[yellow]—[/]")
+    console.print(table)
+    if state.exists and not state.verified:
+        raise typer.Exit(1)
+
+
 HostOpt = Annotated[str | None, typer.Option("--host", help="Address to listen on (default: settings.host).")]
 PortOpt = Annotated[int | None, typer.Option("--port", help="Port to listen on (default: settings.port).")]
 
@@ -268,6 +333,56 @@ def serve(host: HostOpt = None, port: PortOpt = None, config: ConfigOpt = None) 
     settings = load_settings(config, host=host, port=port)
     configure_logging()
     run_server(settings)
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option("--out", help="Folder for bench.json and bench.md.")] = Path(
+        "bench/results"
+    ),
+    set_file: Annotated[
+        Path, typer.Option("--set", help="Questions for the latency and load tests (JSONL).")
+    ] = Path("eval/questions.jsonl"),
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Passes over the questions.")] = 2,
+    requests: Annotated[
+        int, typer.Option("--requests", min=1, help="HTTP requests per concurrency level.")
+    ] = 400,
+    cold_runs: Annotated[int, typer.Option("--cold-runs", min=1, help="Fresh processes timed.")] = 3,
+    scaled_chunks: Annotated[
+        int, typer.Option("--scaled-chunks", min=0, help="Chunks in the generated corpus (0: skip).")
+    ] = 10_000,
+    config: ConfigOpt = None,
+) -> None:
+    """Measure answer latency, HTTP throughput, cold start, index build speed and memory."""
+    from ivig_qa import bench as b
+
+    settings = load_settings(config)
+    if not set_file.is_file():
+        err.print(f"[red]error:[/] question set not found: {set_file}")
+        raise typer.Exit(EXIT_INVALID)
+    options = b.BenchConfig(
+        questions_file=set_file,
+        rounds=rounds,
+        requests=requests,
+        cold_runs=cold_runs,
+        scaled_chunks=scaled_chunks,
+    )
+    with err.status("benchmarking") as status:
+
+        def step(message: str) -> None:
+            status.update(message)
+            err.print(f"• {message}", highlight=False)
+
+        report = b.run_bench(settings, options, step=step)
+    for t in b.tables(report):
+        table = Table(title=t.title)
+        for column in t.header:
+            table.add_column(column)
+        for row in t.rows:
+            table.add_row(*(cell.replace("**", "") for cell in row))
+        console.print(table)
+    paths = b.write_report(report, out)
+    console.print("results: " + ", ".join(str(p) for p in paths), highlight=False)
 
 
 if __name__ == "__main__":

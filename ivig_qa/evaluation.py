@@ -260,7 +260,17 @@ class VerbatimSupportChecker:
         return bool(tokens) and sum(t in known for t in tokens) / len(tokens) >= self.min_overlap
 
 
-SUPPORT_CHECKERS: dict[str, Callable[[], SupportChecker]] = {"verbatim": VerbatimSupportChecker}
+def _llm_checker() -> SupportChecker:
+    """The LLM engine's own verification (numbers, names, words, then the model's yes/no)."""
+    from ivig_qa.llm import LLMSupportChecker
+
+    return LLMSupportChecker.from_settings()
+
+
+SUPPORT_CHECKERS: dict[str, Callable[[], SupportChecker]] = {
+    "verbatim": VerbatimSupportChecker,
+    "llm": _llm_checker,
+}
 
 
 def make_checker(name: str) -> SupportChecker:

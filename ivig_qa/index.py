@@ -11,20 +11,31 @@ A build writes a *new* version next to the active one (copying the vectors of un
 documents, embedding only changed ones) and then switches the manifest record in one
 write. A build that dies halfway leaves the previous version active and answering; the
 next build removes the orphaned collections.
+
+On a Chroma server several app servers read the index while an indexer job writes it, so
+a build there keeps the version it replaced until the next build (the app servers switch
+to the new one within ``chroma_poll_s``), requests time out after ``chroma_timeout_s``
+instead of hanging on a dead server, and ``--rebuild`` drops this prefix's collections on
+the server (never another prefix's).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import chromadb
+import chromadb.errors
+import httpx
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.shared_system_client import SharedSystemClient
@@ -42,6 +53,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_ID = "manifest"
 Progress = Callable[[int, int, str], None]
+_VERSION = r"v\d{14}[0-9a-f]{6}"
 
 
 class IndexUnavailableError(RuntimeError):
@@ -91,25 +103,89 @@ def _chroma_settings() -> ChromaSettings:
 
 def open_client(settings: Settings) -> ClientAPI:
     """The Chroma client: a server when ``chroma_url`` is set, else the local folder."""
+    if settings.chroma_url:
+        return _open_http_client(settings.chroma_url, settings.chroma_timeout_s)
     try:
-        if settings.chroma_url:
-            from urllib.parse import urlparse
-
-            url = urlparse(settings.chroma_url)
-            return chromadb.HttpClient(
-                host=url.hostname or "localhost",
-                port=url.port or (443 if url.scheme == "https" else 8000),
-                ssl=url.scheme == "https",
-                settings=_chroma_settings(),
-            )
         settings.index_dir.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(settings.index_dir), settings=_chroma_settings())
-    except Exception as exc:  # chromadb raises many types for a bad folder or a dead server
-        where = settings.chroma_url or settings.index_dir
+    except Exception as exc:  # chromadb raises many types for a bad folder
         raise IndexUnavailableError(
-            f"cannot open the index at {where}: {exc}. "
+            f"cannot open the index at {settings.index_dir}: {exc}. "
             "If the folder is damaged, run `ivig-qa index --rebuild`."
         ) from exc
+
+
+def _open_http_client(chroma_url: str, timeout_s: float) -> ClientAPI:
+    """A Chroma server client whose requests time out, so a dead server fails answers fast.
+
+    chromadb's HTTP client waits forever by default (``httpx.Client(timeout=None)``) and
+    talks to the server while it is being created, so the server is probed with the
+    timeout first and the client's session gets the timeout right after.
+    """
+    url = urlparse(chroma_url)
+    try:
+        httpx.get(f"{chroma_url.rstrip('/')}/api/v2/heartbeat", timeout=timeout_s).raise_for_status()
+        client = chromadb.HttpClient(
+            host=url.hostname or "localhost",
+            port=url.port or (443 if url.scheme == "https" else 8000),
+            ssl=url.scheme == "https",
+            settings=_chroma_settings(),
+        )
+    except Exception as exc:  # connection refused, timeout, not a Chroma server…
+        raise IndexUnavailableError(f"the Chroma server at {chroma_url} is unreachable ({exc})") from exc
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = httpx.Timeout(timeout_s)
+    return client
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True for failures that mean "the index cannot be used now" rather than a bug.
+
+    A dead or hung Chroma server (transport errors, timeouts), a collection dropped by a
+    rebuild, or our own ``IndexUnavailableError``: callers turn these into a clear
+    "try again shortly" instead of a crash.
+    """
+    return isinstance(exc, IndexUnavailableError | httpx.TransportError | chromadb.errors.NotFoundError)
+
+
+_DEFAULT_THREADS: list[int] = []
+
+
+def use_torch_threads(n: int) -> None:
+    """Set torch's intra-op thread count (0: its default, all cores) if torch is loaded."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    if not _DEFAULT_THREADS:
+        _DEFAULT_THREADS.append(torch.get_num_threads())
+    want = n or _DEFAULT_THREADS[0]
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
+
+
+class TunedEmbeddings(Embeddings):
+    """The shared model with torch's thread count chosen for each kind of work.
+
+    Embedding one short question is fastest on one thread: a matrix multiply that small
+    spends more time waking and waiting for worker threads than computing (on a busy
+    2-core machine a question took ~30-500 ms on two threads and ~9 ms on one), and
+    concurrent answers then run side by side on the other cores. A build's large batches
+    use every core.
+    """
+
+    def __init__(self, inner: Embeddings, query_threads: int, build_threads: int) -> None:
+        self.inner = inner
+        self.query_threads = query_threads
+        self.build_threads = build_threads
+
+    def embed_query(self, text: str) -> list[float]:
+        use_torch_threads(self.query_threads)
+        return self.inner.embed_query(text)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        use_torch_threads(self.build_threads)
+        return self.inner.embed_documents(texts)
 
 
 def _sentence_text(sentence: Sentence, chunk: Chunk) -> str:
@@ -159,6 +235,7 @@ class IndexStore:
         self.settings = settings
         self._embeddings = embeddings
         self._client: ClientAPI | None = None
+        self._stores: dict[tuple[str, str], Chroma] = {}
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -167,6 +244,9 @@ class IndexStore:
             self._embeddings = load_embeddings(
                 self.settings.embedding_model, self.settings.embedding_batch_size
             )
+        if not isinstance(self._embeddings, TunedEmbeddings):
+            s = self.settings
+            self._embeddings = TunedEmbeddings(self._embeddings, s.query_threads, s.build_threads)
         return self._embeddings
 
     @property
@@ -183,14 +263,45 @@ class IndexStore:
             name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
         )
 
+    def _owned_version(self, name: str) -> str | None:
+        """The version of one of this prefix's versioned collections ("" for the manifest), else None.
+
+        Exact matching matters on a shared Chroma server: prefix ``ivig`` must never touch
+        ``ivig_test_chunks_…`` or anything else that merely starts with ``ivig_``.
+        """
+        prefix = re.escape(self.settings.collection_prefix)
+        if name == self._name("meta"):
+            return ""
+        m = re.fullmatch(rf"{prefix}_(?:chunks|sentences)_({_VERSION})", name)
+        return m.group(1) if m else None
+
     def vectorstore(self, kind: str, version: str) -> Chroma:
-        """A LangChain vector store over one collection of a version."""
-        return Chroma(
-            client=self.client,
-            collection_name=self._name(kind, version),
-            embedding_function=self.embeddings,
-            create_collection_if_not_exists=False,
-        )
+        """A LangChain vector store over one collection of a version (opened once, then reused).
+
+        Opening costs a round trip (a sqlite read locally, an HTTP call on a server), and
+        retrieval asks for the stores on every question.
+        """
+        key = (kind, version)
+        store = self._stores.get(key)
+        if store is None:
+            store = Chroma(
+                client=self.client,
+                collection_name=self._name(kind, version),
+                embedding_function=self.embeddings,
+                create_collection_if_not_exists=False,
+            )
+            self._stores[key] = store
+        return store
+
+    def ping(self) -> None:
+        """Raise ``IndexUnavailableError`` unless the index answers now (the health check)."""
+        try:
+            self.client.heartbeat()
+        except Exception as exc:
+            if isinstance(exc, IndexUnavailableError):
+                raise
+            where = self.settings.chroma_url or self.settings.index_dir
+            raise IndexUnavailableError(f"the index at {where} does not answer ({exc})") from exc
 
     def target(self, docs: Iterable[SourceDocument]) -> Manifest:
         return Manifest(
@@ -209,6 +320,8 @@ class IndexStore:
         """The active manifest, or None when no complete build exists."""
         try:
             got = self._collection(self._name("meta")).get(ids=[MANIFEST_ID], include=["documents"])
+        except IndexUnavailableError:
+            raise
         except Exception as exc:
             raise IndexUnavailableError(
                 f"the index at {self.settings.chroma_url or self.settings.index_dir} is unreadable ({exc}); "
@@ -233,15 +346,40 @@ class IndexStore:
         return None
 
     def load_chunks(self, version: str) -> list[Chunk]:
-        got = self.client.get_collection(self._name("chunks", version)).get(include=["metadatas"])
-        chunks = [chunk_from_record(i, m) for i, m in zip(got["ids"], got["metadatas"] or [], strict=True)]
+        """All chunks of a version; a missing or unreadable version is ``IndexUnavailableError``."""
+        try:
+            got = self.client.get_collection(self._name("chunks", version)).get(include=["metadatas"])
+            records = zip(got["ids"], got["metadatas"] or [], strict=True)
+            chunks = [chunk_from_record(i, m) for i, m in records]
+        except IndexUnavailableError:
+            raise
+        except Exception as exc:
+            where = self.settings.chroma_url or self.settings.index_dir
+            raise IndexUnavailableError(
+                f"index version {version} at {where} is incomplete or unreadable ({exc}); "
+                "run `ivig-qa index --rebuild`"
+            ) from exc
         return sorted(chunks, key=lambda c: (c.doc_id, c.start))
 
     # -- building -------------------------------------------------------------------------
     def build(self, rebuild: bool = False, progress: Progress | None = None) -> BuildSummary:
         """Bring the index up to date with the corpus folder; atomic and incremental."""
+        try:
+            return self._build(rebuild, progress)
+        except Exception as exc:
+            if isinstance(exc, IndexUnavailableError) or not is_unavailable(exc):
+                raise
+            where = self.settings.chroma_url or self.settings.index_dir
+            raise IndexUnavailableError(
+                f"the index at {where} stopped answering during the build ({exc}); the previous "
+                "version is still active — run `ivig-qa index` again when it is back"
+            ) from exc
+
+    def _build(self, rebuild: bool, progress: Progress | None) -> BuildSummary:
         started = time.perf_counter()
-        if rebuild and not self.settings.chroma_url:
+        if rebuild and self.settings.chroma_url:
+            self._wipe_server()
+        elif rebuild:
             self._wipe_local()
         report = load_corpus(self.settings.corpus_dir)
         if not report.documents:
@@ -289,7 +427,9 @@ class IndexStore:
         self._collection(self._name("meta")).upsert(
             ids=[MANIFEST_ID], documents=[want.to_json()], embeddings=[[0.0, 0.0, 1.0]]
         )
-        self._drop_orphans(keep=version)
+        # Server mode: app servers may still be answering from the replaced version.
+        grace = current.version if current and self.settings.chroma_url else None
+        self._drop_orphans(keep=version, grace=grace)
         return BuildSummary(
             len(docs), want.chunks, want.sentences, embed, reuse, removed,
             time.perf_counter() - started, True, report.problems, report.warnings,
@@ -302,36 +442,57 @@ class IndexStore:
         docs: dict[str, SourceDocument],
         progress: Progress | None,
     ) -> None:
-        """Embed chunks and their sentences in batches, reporting progress per batch."""
-        chunk_store = self.vectorstore("chunks", version)
-        sent_store = self.vectorstore("sentences", version)
+        """Embed chunks and their sentences, a group at a time, and store them with their vectors.
+
+        Chunk and sentence texts go through one encode call per group of
+        ``embedding_group_chunks``, so the model sorts them by length together (less padding
+        in its batches) and is called a few times instead of twice per small batch; the
+        records are then added with precomputed vectors.
+        """
+        chunk_col = self._collection(self._name("chunks", version))
+        sent_col = self._collection(self._name("sentences", version))
         seen: set[str] = set()
-        batch = max(1, self.settings.embedding_batch_size)
         total = len(chunks)
-        for i in range(0, total, batch):
-            part = chunks[i : i + batch]
-            chunk_store.add_texts(
-                texts=[c.context_text() for c in part],
-                metadatas=[chunk_metadata(c, docs[c.doc_id]) for c in part],
+        group = self.settings.embedding_group_chunks
+        for i in range(0, total, group):
+            part = chunks[i : i + group]
+            sentences = _new_sentences(part, seen)
+            texts = [c.context_text() for c in part] + [_sentence_text(s, c) for s, c in sentences]
+            vectors = self.embeddings.embed_documents(texts)
+            self._add(
+                chunk_col,
                 ids=[c.chunk_id for c in part],
+                embeddings=vectors[: len(part)],
+                documents=texts[: len(part)],
+                metadatas=[chunk_metadata(c, docs[c.doc_id]) for c in part],
             )
-            sentences = []
-            for c in part:
-                for s in c.sentences:
-                    if s.sentence_id not in seen:
-                        seen.add(s.sentence_id)
-                        sentences.append((s, c))
-            if sentences:
-                sent_store.add_texts(
-                    texts=[_sentence_text(s, c) for s, c in sentences],
-                    metadatas=[
-                        {"doc_id": s.doc_id, "start": s.start, "end": s.end, "chunk_id": c.chunk_id}
-                        for s, c in sentences
-                    ],
-                    ids=[s.sentence_id for s, _ in sentences],
-                )
+            self._add(
+                sent_col,
+                ids=[s.sentence_id for s, _ in sentences],
+                embeddings=vectors[len(part) :],
+                documents=texts[len(part) :],
+                metadatas=[
+                    {"doc_id": s.doc_id, "start": s.start, "end": s.end, "chunk_id": c.chunk_id}
+                    for s, c in sentences
+                ],
+            )
+            done = min(i + group, total)
+            log.info("embedded %d/%d chunks", done, total)
             if progress:
-                progress(min(i + batch, total), total, part[-1].doc_id)
+                progress(done, total, part[-1].doc_id)
+
+    def _add(self, col: Collection, **records: list[Any]) -> None:
+        """Add records in slices the database accepts (Chroma caps the batch size)."""
+        ids = records["ids"]
+        step = max(1, min(self._max_batch(), 5000))
+        for i in range(0, len(ids), step):
+            col.add(**{k: v[i : i + step] for k, v in records.items()})
+
+    def _max_batch(self) -> int:
+        try:
+            return int(self.client.get_max_batch_size()) or 1000
+        except Exception:  # older servers do not say
+            return 1000
 
     def _copy_documents(self, old: str, new: str, doc_ids: list[str]) -> None:
         """Carry unchanged documents' records and vectors over without re-embedding."""
@@ -341,30 +502,67 @@ class IndexStore:
             got = src.get(
                 where={"doc_id": {"$in": doc_ids}}, include=["embeddings", "documents", "metadatas"]
             )
-            ids = got["ids"]
-            for i in range(0, len(ids), 1000):
-                dst.add(
-                    ids=ids[i : i + 1000],
-                    embeddings=got["embeddings"][i : i + 1000],
-                    documents=got["documents"][i : i + 1000],
-                    metadatas=got["metadatas"][i : i + 1000],
-                )
+            self._add(
+                dst,
+                ids=got["ids"],
+                embeddings=got["embeddings"],
+                documents=got["documents"],
+                metadatas=got["metadatas"],
+            )
 
-    def _drop_orphans(self, keep: str | None) -> None:
-        """Remove collections of versions that are not active (failed or superseded builds)."""
-        prefix = self.settings.collection_prefix
-        for col in self.client.list_collections():
-            name = col if isinstance(col, str) else col.name
-            if name == self._name("meta") or not name.startswith(f"{prefix}_"):
-                continue
-            if keep is None or not name.endswith(f"_{keep}"):
+    def _collection_names(self) -> list[str]:
+        return [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
+
+    def _drop_orphans(self, keep: str | None, grace: str | None = None) -> None:
+        """Remove collections of versions that are not active (failed or superseded builds).
+
+        ``grace`` is a replaced version kept one build longer (server mode: app servers
+        may still be answering from it until they notice the new manifest).
+        """
+        for name in self._collection_names():
+            version = self._owned_version(name)
+            if version and version not in (keep, grace):
                 self.client.delete_collection(name)
+                self._stores = {k: v for k, v in self._stores.items() if k[1] != version}
+
+    def _wipe_server(self) -> None:
+        """``--rebuild`` on a Chroma server: drop this prefix's collections, manifest included."""
+        for name in self._collection_names():
+            if self._owned_version(name) is not None:
+                self.client.delete_collection(name)
+        self._stores.clear()
+        log.info(
+            "dropped the %r collections on %s for a clean rebuild",
+            self.settings.collection_prefix,
+            self.settings.chroma_url,
+        )
 
     def _wipe_local(self) -> None:
         """``--rebuild``: start from an empty folder, whatever state the old one is in."""
         self._client = None
+        self._stores.clear()
         SharedSystemClient.clear_system_cache()  # chromadb caches open databases per path
         path = self.settings.index_dir
         if path.exists():
             shutil.rmtree(path)
         log.info("removed %s for a clean rebuild", path)
+
+
+def _new_sentences(chunks: list[Chunk], seen: set[str]) -> list[tuple[Sentence, Chunk]]:
+    """Each sentence once, with the first chunk it appears in (overlapping chunks share some)."""
+    out: list[tuple[Sentence, Chunk]] = []
+    for chunk in chunks:
+        for sentence in chunk.sentences:
+            if sentence.sentence_id not in seen:
+                seen.add(sentence.sentence_id)
+                out.append((sentence, chunk))
+    return out
+
+
+def embedding_texts(chunks: list[Chunk]) -> list[str]:
+    """Exactly the texts a build embeds for these chunks (chunks, then their sentences).
+
+    The benchmark encodes these with the bare model to show the build's overhead.
+    """
+    sentences = _new_sentences(chunks, set())
+    return [c.context_text() for c in chunks] + [_sentence_text(s, c) for s, c in sentences]

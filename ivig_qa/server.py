@@ -12,6 +12,7 @@ every response carries an ``X-Request-ID`` that also appears in the log lines.
 # No ``from __future__ import annotations`` here: the request models are built per app
 # (their limits come from Settings) and FastAPI must see the real classes in signatures.
 
+import gc
 import hmac
 import logging
 import math
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
+import chromadb.errors
+import httpx
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,6 +51,7 @@ from ivig_qa import __version__
 from ivig_qa.assistant import Assistant
 from ivig_qa.feedback import FeedbackIn, FeedbackStore, Rating
 from ivig_qa.guardrails import DISCLAIMER
+from ivig_qa.index import IndexUnavailableError, is_unavailable
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Message, SourceDocument
 
@@ -60,6 +64,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 REQUEST_ID_HEADER = "X-Request-ID"
 API_KEY_HEADER = "X-API-Key"
 NOT_READY_RETRY_S = 5
+INDEX_PROBE_S = 1.0  # server mode: /api/health asks the Chroma server at most this often
 WARM_UP_QUESTION = "What is IVIG?"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _request_id: ContextVar[str] = ContextVar("request_id", default="-")
@@ -328,6 +333,8 @@ class ServerState:
     sources: dict[str, SourceView] = field(default_factory=dict)
     error: str | None = None
     slots: anyio.CapacityLimiter | None = None
+    index_down: str | None = None  # server mode: why the Chroma server cannot be used now
+    index_checked_at: float = -math.inf
 
     def ready_assistant(self) -> Assistant:
         if self.assistant is None:
@@ -381,11 +388,17 @@ def progress_logger(step_percent: int = 10) -> Callable[[int, int, str], None]:
 
 
 def default_loader(settings: Settings) -> Callable[[], Assistant]:
-    """Open the index, building it first when it is missing or stale, with progress logged."""
+    """Open the index, building it first when it is missing or stale, with progress logged.
+
+    On a Chroma server app servers only read: ``ivig-qa index`` (one job) is the single
+    writer, so N servers starting together never race to build the same index; a server
+    that finds none yet waits for it (``open_assistant`` retries).
+    """
 
     def load() -> Assistant:
         return Assistant.load(
             settings,
+            build=not settings.chroma_url,
             progress=progress_logger(),
             on_build=lambda s: log.info("index built: %d documents, %d chunks", s.documents, s.chunks),
         )
@@ -407,19 +420,92 @@ async def open_assistant(state: ServerState, loader: Callable[[], Assistant]) ->
     """Open the index, load the sources and warm the models in worker threads, then go ready.
 
     A failure is logged and kept in ``state.error`` so ``/api/health`` can tell the operator.
+    In server mode an unreachable Chroma server is retried every ``chroma_poll_s``, so app
+    servers may start before it and become ready by themselves once it answers.
     """
-    try:
-        log.info("opening the index (building it if needed)")
-        assistant = await anyio.to_thread.run_sync(loader, abandon_on_cancel=True)
-        state.sources = await anyio.to_thread.run_sync(load_sources, state.settings)
-        # The first question loads the models; asking one now spares the first patient the wait.
-        await anyio.to_thread.run_sync(assistant.ask, WARM_UP_QUESTION, abandon_on_cancel=True)
-        state.assistant = assistant
-        m = assistant.manifest
-        log.info("ready: %d documents, %d chunks, index %s", len(m.documents), m.chunks, m.version)
-    except Exception as exc:  # the process keeps answering /api/health with the reason
-        state.error = f"The index could not be opened: {exc}"
-        log.exception("start-up failed")
+    while True:
+        try:
+            await _open_once(state, loader)
+            return
+        except Exception as exc:  # the process keeps answering /api/health with the reason
+            state.error = f"The index could not be opened: {exc}"
+            if not (state.settings.chroma_url and is_unavailable(exc)):
+                log.exception("start-up failed")
+                return
+            log.warning("%s; retrying in %.0f s", state.error, state.settings.chroma_poll_s)
+            await anyio.sleep(state.settings.chroma_poll_s)
+
+
+async def _open_once(state: ServerState, loader: Callable[[], Assistant]) -> None:
+    log.info("opening the index (building it if needed)")
+    assistant = await anyio.to_thread.run_sync(loader, abandon_on_cancel=True)
+    state.sources = await anyio.to_thread.run_sync(load_sources, state.settings)
+    # The first question loads the models; asking one now spares the first patient the wait.
+    await anyio.to_thread.run_sync(assistant.ask, WARM_UP_QUESTION, abandon_on_cancel=True)
+    state.assistant, state.error = assistant, None
+    settle_memory()
+    m = assistant.manifest
+    log.info("ready: %d documents, %d chunks, index %s", len(m.documents), m.chunks, m.version)
+
+
+def settle_memory() -> None:
+    """Move everything loaded so far out of the garbage collector's sight.
+
+    torch, transformers, chromadb and gradio leave ~0.5 million long-lived objects; a full
+    collection walks them all (~0.4 s on 2 cores) and stalls whichever request triggers
+    it. Frozen objects are never scanned, so answers keep a steady latency. (After an index
+    switch the previous assistant is unfrozen first so its cycles can still be freed.)
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+async def follow_index(state: ServerState) -> None:
+    """Server mode: switch to a new index version once an indexer job has written one.
+
+    Several app servers share one Chroma server; ``ivig-qa index`` run elsewhere writes a
+    new version and keeps the old one until its next build, so each app server has that
+    long to notice the new manifest here and swap in an assistant opened on it.
+    """
+    while True:
+        await anyio.sleep(state.settings.chroma_poll_s)
+        current = state.assistant
+        if current is None:
+            continue
+        try:
+            latest = await anyio.to_thread.run_sync(current.store.manifest, abandon_on_cancel=True)
+            if latest is None or latest.version == current.manifest.version:
+                continue
+            log.info("index version %s → %s: reopening", current.manifest.version, latest.version)
+            fresh = await anyio.to_thread.run_sync(
+                lambda: Assistant.load(state.settings, build=False), abandon_on_cancel=True
+            )
+            await anyio.to_thread.run_sync(fresh.ask, WARM_UP_QUESTION, abandon_on_cancel=True)
+            state.assistant = fresh
+            settle_memory()
+        except Exception as exc:  # a dead server or a half-written manifest: try again later
+            log.warning("checking for a new index version failed: %s", exc)
+
+
+async def index_down(state: ServerState) -> str | None:
+    """Server mode: why the Chroma server cannot be used now (None when it answers).
+
+    Probed at most once per ``INDEX_PROBE_S`` so load-balancer health checks do not add
+    load; the probe has the short ``chroma_timeout_s``, so a hung server cannot hang it.
+    """
+    assistant = state.assistant
+    if not state.settings.chroma_url or assistant is None:
+        return None
+    now = time.monotonic()
+    if now - state.index_checked_at >= INDEX_PROBE_S:
+        state.index_checked_at = now
+        try:
+            await anyio.to_thread.run_sync(assistant.store.ping)
+            state.index_down = None
+        except IndexUnavailableError as exc:
+            state.index_down = str(exc)
+    return state.index_down
 
 
 # --- routes ------------------------------------------------------------------------------------------
@@ -497,8 +583,8 @@ def public_routes() -> APIRouter:
 
     @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(state: State) -> JSONResponse:
-        """503 until the index is open and the assistant can answer."""
-        return health_response(state)
+        """503 until the index is open and the assistant can answer (and while its server is down)."""
+        return health_response(state, await index_down(state))
 
     @router.get("/config", response_model=ClientConfig)
     async def config(state: State) -> ClientConfig:
@@ -529,12 +615,12 @@ def api_fallback() -> APIRouter:
     return router
 
 
-def health_response(state: ServerState) -> JSONResponse:
+def health_response(state: ServerState, down: str | None = None) -> JSONResponse:
     engine = state.settings.engine
-    if state.assistant is None:
-        body = HealthResponse(
-            status="error" if state.error else "loading", ready=False, engine=engine, error=state.error
-        )
+    if state.assistant is None or down:
+        error = f"The index server is unreachable: {down}" if down else state.error
+        status = "error" if error else "loading"
+        body = HealthResponse(status=status, ready=False, engine=engine, error=error)
         return JSONResponse(
             body.model_dump(), status_code=503, headers={"Retry-After": str(NOT_READY_RETRY_S)}
         )
@@ -594,10 +680,15 @@ async def stream_events(
                 yield JSONServerSentEvent(item.to_dict(), event="answer")
             else:
                 yield JSONServerSentEvent({"text": item}, event="delta")
-    except Exception:
-        log.exception("streaming failed")
+    except Exception as exc:
+        unavailable = is_unavailable(exc)
+        log.log(
+            logging.WARNING if unavailable else logging.ERROR, "streaming failed", exc_info=not unavailable
+        )
         error = ErrorResponse(
-            error="internal_error", message="Something went wrong while answering.", request_id=request_id
+            error="index_unavailable" if unavailable else "internal_error",
+            message=INDEX_UNAVAILABLE if unavailable else "Something went wrong while answering.",
+            request_id=request_id,
         )
         yield JSONServerSentEvent(error.model_dump(), event="error")
 
@@ -714,6 +805,9 @@ def page(
     return response
 
 
+INDEX_UNAVAILABLE = "The answer index is unreachable right now; please try again shortly."
+
+
 # --- errors --------------------------------------------------------------------------------------------
 def error_json(request: Request, status: int, message: str, **extra: Any) -> JSONResponse:
     code = {422: "invalid_request", 429: "rate_limited", 503: "not_ready"}.get(status)
@@ -754,6 +848,18 @@ def install_error_handlers(app: FastAPI) -> None:
         response.headers.update(exc.headers or {})
         return response
 
+    async def index_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        """A dead, hung or rebuilding index server: 503 at once (not a 500, not a hang)."""
+        log.warning("index unavailable: %s", exc)
+        body = ErrorResponse(
+            error="index_unavailable", message=INDEX_UNAVAILABLE, request_id=request_id_of(request)
+        )
+        headers = {"Retry-After": str(NOT_READY_RETRY_S)}
+        return JSONResponse(body.model_dump(), status_code=503, headers=headers)
+
+    for exc_type in (IndexUnavailableError, httpx.TransportError, chromadb.errors.NotFoundError):
+        app.add_exception_handler(exc_type, index_unavailable)
+
 
 # --- the app -------------------------------------------------------------------------------------------
 def create_app(
@@ -782,6 +888,8 @@ def create_app(
         state.slots = anyio.CapacityLimiter(settings.max_concurrent_answers)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(open_assistant, state, load)
+            if settings.chroma_url:
+                tasks.start_soon(follow_index, state)
             yield
             tasks.cancel_scope.cancel()
         state.feedback.close()

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         450, ge=150, description="Budget for the whole prompt (≈ 4 chars/token): fewer sources when short."
     )
     llm_max_passages: int = Field(6, ge=1, description="Most numbered source sentences in the prompt.")
+    llm_supporting_quotes: int = Field(
+        8,
+        ge=0,
+        description="Under the generated summary, quote (verbatim) up to this many of the sentences the "
+        "extractive engine would have used that the summary does not cite; 0 = the summary alone.",
+    )
     llm_judge: bool = Field(True, description="Ask the model whether each cited passage supports a sentence.")
     llm_judge_max_calls: int = Field(12, ge=0, description="Most judge calls while verifying one answer.")
     llm_min_overlap: float = Field(

