@@ -630,7 +630,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 def run_bench(settings: Settings, config: BenchConfig, step: Step = lambda _m: None) -> BenchReport:
     """Every measurement, in an order that keeps them from disturbing each other."""
-    began = time.perf_counter()
+    began, started_at = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     load_before = [round(x, 2) for x in os.getloadavg()]
     questions = load_questions(config.questions_file)
     builds: list[BuildResult] = []
@@ -662,7 +662,7 @@ def run_bench(settings: Settings, config: BenchConfig, step: Step = lambda _m: N
             step(f"building a scaled corpus ({copies} copies, ≥ {config.scaled_chunks} chunks)")
             big = local.model_copy(update={"corpus_dir": scaled, "index_dir": work / "s"})
             builds.append(measure_build(big, f"scaled ×{copies}"))
-    environment = _environment(load_before, time.perf_counter() - began)
+    environment = _environment(started_at, load_before, time.perf_counter() - began)
     report = BenchReport(environment, latency, server, cold, builds, [])
     report.targets = check_targets(report)
     return report
@@ -677,7 +677,7 @@ def _workdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _environment(load_before: list[float], seconds: float) -> Environment:
+def _environment(started_at: str, load_before: list[float], seconds: float) -> Environment:
     import torch
 
     return Environment(
@@ -687,7 +687,7 @@ def _environment(load_before: list[float], seconds: float) -> Environment:
         load_after=[round(x, 2) for x in os.getloadavg()],
         python=platform.python_version(),
         platform=platform.platform(),
-        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        started_at=started_at,
         seconds=round(seconds, 1),
     )
 
