@@ -571,8 +571,8 @@ def measure_build(settings: Settings, label: str, repeat: int = 1) -> BuildResul
 
     from ivig_qa.chunking import ChunkerSettings, chunk_document
     from ivig_qa.corpus import load_corpus
-    from ivig_qa.embeddings import load_embeddings, resolve_model_path
-    from ivig_qa.index import IndexStore, embedding_texts, use_torch_threads
+    from ivig_qa.embeddings import load_embeddings, resolve_model_path, use_torch_threads
+    from ivig_qa.index import IndexStore, embedding_texts
 
     docs = load_corpus(settings.corpus_dir).documents
     chunker = ChunkerSettings(settings.chunk_max_chars, settings.chunk_overlap_sentences)

@@ -25,7 +25,6 @@ import json
 import logging
 import re
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -45,7 +44,7 @@ from langchain_core.embeddings import Embeddings
 
 from ivig_qa.chunking import ChunkerSettings, chunk_document
 from ivig_qa.corpus import load_corpus
-from ivig_qa.embeddings import load_embeddings, model_fingerprint
+from ivig_qa.embeddings import StoreEmbeddings, TunedEmbeddings, ensure_onnx, model_fingerprint
 from ivig_qa.settings import Settings
 from ivig_qa.types import Chunk, Sentence, SourceDocument
 
@@ -149,45 +148,6 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, IndexUnavailableError | httpx.TransportError | chromadb.errors.NotFoundError)
 
 
-_DEFAULT_THREADS: list[int] = []
-
-
-def use_torch_threads(n: int) -> None:
-    """Set torch's intra-op thread count (0: its default, all cores) if torch is loaded."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    if not _DEFAULT_THREADS:
-        _DEFAULT_THREADS.append(torch.get_num_threads())
-    want = n or _DEFAULT_THREADS[0]
-    if torch.get_num_threads() != want:
-        torch.set_num_threads(want)
-
-
-class TunedEmbeddings(Embeddings):
-    """The shared model with torch's thread count chosen for each kind of work.
-
-    Embedding one short question is fastest on one thread: a matrix multiply that small
-    spends more time waking and waiting for worker threads than computing (on a busy
-    2-core machine a question took ~30-500 ms on two threads and ~9 ms on one), and
-    concurrent answers then run side by side on the other cores. A build's large batches
-    use every core.
-    """
-
-    def __init__(self, inner: Embeddings, query_threads: int, build_threads: int) -> None:
-        self.inner = inner
-        self.query_threads = query_threads
-        self.build_threads = build_threads
-
-    def embed_query(self, text: str) -> list[float]:
-        use_torch_threads(self.query_threads)
-        return self.inner.embed_query(text)
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        use_torch_threads(self.build_threads)
-        return self.inner.embed_documents(texts)
-
-
 def _sentence_text(sentence: Sentence, chunk: Chunk) -> str:
     heading = f"{chunk.heading}: " if chunk.heading else ""
     return f"{heading}{sentence.text}"
@@ -234,6 +194,7 @@ class IndexStore:
     def __init__(self, settings: Settings, embeddings: Embeddings | None = None) -> None:
         self.settings = settings
         self._embeddings = embeddings
+        self._own_embeddings = embeddings is None  # the default pair: ONNX questions, torch documents
         self._client: ClientAPI | None = None
         self._stores: dict[tuple[str, str], Chroma] = {}
 
@@ -241,10 +202,8 @@ class IndexStore:
     @property
     def embeddings(self) -> Embeddings:
         if self._embeddings is None:
-            self._embeddings = load_embeddings(
-                self.settings.embedding_model, self.settings.embedding_batch_size
-            )
-        if not isinstance(self._embeddings, TunedEmbeddings):
+            self._embeddings = StoreEmbeddings(self.settings)
+        if not isinstance(self._embeddings, TunedEmbeddings | StoreEmbeddings):
             s = self.settings
             self._embeddings = TunedEmbeddings(self._embeddings, s.query_threads, s.build_threads)
         return self._embeddings
@@ -365,7 +324,7 @@ class IndexStore:
     def build(self, rebuild: bool = False, progress: Progress | None = None) -> BuildSummary:
         """Bring the index up to date with the corpus folder; atomic and incremental."""
         try:
-            return self._build(rebuild, progress)
+            summary = self._build(rebuild, progress)
         except Exception as exc:
             if isinstance(exc, IndexUnavailableError) or not is_unavailable(exc):
                 raise
@@ -374,6 +333,9 @@ class IndexStore:
                 f"the index at {where} stopped answering during the build ({exc}); the previous "
                 "version is still active — run `ivig-qa index` again when it is back"
             ) from exc
+        if self._own_embeddings and self.settings.query_encoder == "onnx":
+            ensure_onnx(self.settings)  # made here, so the first answering process starts fast
+        return summary
 
     def _build(self, rebuild: bool, progress: Progress | None) -> BuildSummary:
         started = time.perf_counter()

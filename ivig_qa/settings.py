@@ -49,8 +49,15 @@ class Settings(BaseSettings):
     embedding_group_chunks: int = Field(
         512, ge=1, description="Chunks (with their sentences) embedded per encode call during a build."
     )
+    query_encoder: Literal["onnx", "torch"] = Field(
+        "onnx",
+        description="Questions: onnx (the model exported once, run by onnxruntime; fast to start) or torch.",
+    )
+    encoder_cache_dir: Path = Field(
+        Path("~/.cache/ivig-qa/encoders"), description="Where the ONNX export of the embedding model is kept."
+    )
     query_threads: int = Field(
-        1, ge=0, description="torch threads for embedding one question (0: torch's default, all cores)."
+        1, ge=0, description="Threads for embedding one question (0: the runtime's default, all cores)."
     )
     build_threads: int = Field(0, ge=0, description="torch threads for embedding a build (0: all cores).")
 

@@ -314,3 +314,69 @@ def test_rebuild_from_scratch_recovers_a_corrupt_index(small_settings: Settings)
         IndexStore(small_settings).manifest()
     summary = IndexStore(small_settings).build(rebuild=True)
     assert summary.rebuilt and summary.chunks > 0
+
+
+# -- the question encoder: ONNX twin of the packaged model ------------------------------------
+PATIENT_TEXTS = [
+    "what r the side efects of ivig??",
+    "Can my son get his MMR shot after his immunoglobulin infusion",
+    "headache after infusion " * 80,  # longer than the model's 256-token window
+]
+
+
+def test_onnx_question_encoder_reproduces_sentence_transformers(assistant: Assistant) -> None:
+    from ivig_qa.embeddings import OnnxEmbeddings, StoreEmbeddings, load_embeddings
+
+    embeddings = assistant.store.embeddings
+    assert isinstance(embeddings, StoreEmbeddings)
+    assert isinstance(embeddings.questions, OnnxEmbeddings)
+    reference = load_embeddings(assistant.settings.embedding_model)
+    for text in PATIENT_TEXTS:
+        fast, slow = embeddings.embed_query(text), reference.embed_query(text)
+        assert max(abs(a - b) for a, b in zip(fast, slow, strict=True)) < 1e-4, text
+
+
+def test_damaged_onnx_export_is_removed_and_remade(tmp_path: Path, session_settings: Settings) -> None:
+    from ivig_qa.embeddings import (
+        OnnxEmbeddings,
+        StoreEmbeddings,
+        TunedEmbeddings,
+        onnx_file,
+        resolve_model_path,
+    )
+
+    settings = session_settings.model_copy(update={"encoder_cache_dir": tmp_path / "encoders"})
+    broken = onnx_file(resolve_model_path(settings.embedding_model), settings.encoder_cache_dir)
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"half-written \x00\x01 export")
+    fallback = StoreEmbeddings(settings)
+    assert isinstance(fallback.questions, TunedEmbeddings)  # answers still work, on torch
+    assert len(fallback.embed_query("ivig dose")) == 384
+    assert not broken.exists()
+    remade = StoreEmbeddings(settings)
+    assert isinstance(remade.questions, OnnxEmbeddings)
+    assert broken.is_file() and not list(broken.parent.glob(".*partial"))
+
+
+def test_answering_process_never_imports_torch(session_settings: Settings, assistant: Assistant) -> None:
+    """The point of the ONNX twin: an app server starts without torch (seconds of cold start)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom ivig_qa.assistant import Assistant\nfrom ivig_qa.settings import Settings\n"
+        "a = Assistant.load(Settings(), build=False)\n"
+        "print(a.ask('what side effects can ivig cause').status.value)\n"
+        "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))\n"
+    )
+    env = {
+        **os.environ,
+        "IVIG_QA_CORPUS_DIR": str(session_settings.corpus_dir),
+        "IVIG_QA_INDEX_DIR": str(session_settings.index_dir),
+    }
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    status, loaded = done.stdout.strip().splitlines()[-2:]
+    assert status == "answered"
+    assert loaded == "[]"
