@@ -24,6 +24,7 @@ decides them. ``LLMSupportChecker`` is the same check for ``ivig-qa eval --check
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import re
@@ -72,6 +73,22 @@ class LoadedModel:
 
 _LOADED: dict[tuple, LoadedModel] = {}
 _LOADING = threading.Lock()
+
+
+@atexit.register
+def unload_chat_models() -> None:
+    """Free in-process llama.cpp models while the interpreter still works.
+
+    Left to the garbage collector at exit, ``Llama.__del__`` runs after the modules it needs
+    are torn down and prints a ``TypeError`` traceback on every exit.
+    """
+    with _LOADING:
+        for loaded in _LOADED.values():
+            client = getattr(loaded.chat, "client", None)
+            close = getattr(client, "close", None)
+            if callable(close):
+                close()
+        _LOADED.clear()
 
 
 def require_extra(backend: str) -> None:
