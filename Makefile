@@ -11,7 +11,7 @@ LLM_STAMP := $(VENV)/.installed-llm
 # into .wheels/ as a portable wheel: no -march=native, so it runs on any x86-64 CPU with AVX2.
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-EVAL_GATE := retrieval_recall=0.93 cited_recall=0.80 key_fact_coverage=0.90 status_accuracy=0.95 \
+EVAL_GATE := retrieval_recall=0.93 cited_recall=0.88 key_fact_coverage=0.95 status_accuracy=0.95 \
 	false_refusals=3 missed_emergencies=0 quotes_verbatim=1 disclaimer_present=1 disclaimer_constant=1 \
 	markers_resolve=1 html_escaped=1
 
@@ -62,7 +62,7 @@ lint: install
 	$(BIN)/ruff format --check ivig_qa tests ui.py
 
 eval: install
-	$(BIN)/ivig-qa eval --set eval/questions.jsonl --baseline --out eval/reports/latest \
+	$(BIN)/ivig-qa eval --set eval/questions.jsonl --baseline --out eval/reports/latest.md \
 		$(foreach t,$(EVAL_GATE),--fail-under $(t))
 
 test: install install-llm browser

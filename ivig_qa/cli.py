@@ -181,9 +181,13 @@ def eval_command(
     engine: Annotated[
         str | None, typer.Option("--engine", help="Answer engine (default: from settings).")
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for report.md/json and the chart.")] = Path(
-        "eval/reports/latest"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="NAME.md (writes NAME.md/.json/.png), or a folder for report.md/.json/categories.png.",
+        ),
+    ] = Path("eval/reports/latest.md"),
     fail_under: Annotated[
         list[str] | None,
         typer.Option(

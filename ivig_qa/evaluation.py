@@ -1133,10 +1133,18 @@ def write_chart(report: EvalReport, path: Path) -> None:
 REPORT_FILES = ("report.md", "report.json", "categories.png")
 
 
-def write_report(report: EvalReport, out_dir: Path) -> list[Path]:
+def report_paths(out: Path) -> tuple[Path, Path, Path]:
+    """``eval/reports/latest.md`` → latest.md/.json/.png side by side; a folder → REPORT_FILES in it."""
+    if out.suffix == ".md":
+        return out, out.with_suffix(".json"), out.with_suffix(".png")
+    md, js, png = (out / name for name in REPORT_FILES)
+    return md, js, png
+
+
+def write_report(report: EvalReport, out: Path) -> list[Path]:
     """Write the three files next to each other; each appears whole or not at all."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md, js, png = (out_dir / name for name in REPORT_FILES)
+    md, js, png = report_paths(out)
+    md.parent.mkdir(parents=True, exist_ok=True)
     tmp = {p: p.with_name(f".{p.name}.tmp") for p in (md, js, png)}
     tmp[md].write_text(render_markdown(report), "utf-8")
     tmp[js].write_text(

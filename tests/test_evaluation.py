@@ -224,6 +224,11 @@ def test_cli_fail_under_exits_non_zero_when_missed(tmp_path: Path, cli_env: None
         app, ["eval", "--set", str(path), "--out", str(out), "--fail-under", "retrieval_recall=0.5"]
     )
     assert held.exit_code == 0, held.output
+    named = tmp_path / "reports" / "latest.md"  # a .md path: latest.md/.json/.png side by side
+    flat = runner.invoke(app, ["eval", "--set", str(path), "--out", str(named)])
+    assert flat.exit_code == 0, flat.output
+    assert all(named.with_suffix(ext).is_file() for ext in (".md", ".json", ".png"))
+    assert json.loads(named.with_suffix(".json").read_text("utf-8"))["set_file"].endswith("three.jsonl")
 
 
 def test_cli_bad_input_exits_2_without_writing_a_report(tmp_path: Path, cli_env: None) -> None:
