@@ -178,7 +178,7 @@ class Assistant:
             closest = found.text if found.best_similarity >= self.settings.closest_passage_score else ""
             titles = sorted(self.manifest.titles.values())
             return Status.NOT_IN_SOURCES, not_in_sources_text(unknown, closest, titles, injection)
-        return Status.ANSWERED, answered_text(found.text)
+        return Status.ANSWERED, answered_text(found.text, generated=found.engine.startswith("llm:"))
 
     def _history(self, history: HistoryLike | None) -> list[Message]:
         """Validated recent turns; a malformed turn is an input error, not a crash.

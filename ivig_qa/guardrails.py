@@ -98,8 +98,9 @@ def personal_text(message: str, body: str) -> str:
     return f"{r['personal']}{sources}\n\n{r['personal_ask']}\n{asks}"
 
 
-def answered_text(body: str) -> str:
-    return f"{responses()['answered']}\n{body}"
+def answered_text(body: str, generated: bool = False) -> str:
+    """The sources' answer under a lead that says honestly whether it is quoted or generated."""
+    return f"{responses()['answered_generated' if generated else 'answered']}\n{body}"
 
 
 def not_in_sources_text(unknown_terms: list[str], body: str, titles: list[str], injection: bool) -> str:

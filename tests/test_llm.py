@@ -242,6 +242,10 @@ def test_assistant_streams_tokens_then_the_verified_answer(assistant: Assistant)
     assert "9 g/kg" not in answer.answer  # … and what the final, authoritative answer keeps
     assert answer.status == Status.ANSWERED and answer.disclaimer == DISCLAIMER
     assert answer.engine == "llm:fake"
+    # A generated summary is never introduced as "quoted word for word".
+    assert (
+        answer.answer.startswith("In short, from the sources") and "quoted word for word" not in answer.answer
+    )
     assert answer.timings_ms["dropped_sentences"] == 1 and "llm_first_token" in answer.timings_ms
     assert_citations_verbatim(answer, assistant.settings.corpus_dir)
     # ask() gives the same verified answer without streaming.
