@@ -287,7 +287,7 @@ def ensure_onnx(settings: Settings) -> Path | None:
     log.info("exporting %s to ONNX for fast question encoding (once per model)", model_dir.name)
     try:
         return export_onnx(model_dir, target)
-    except OnnxExportError as exc:
+    except (OnnxExportError, OSError) as exc:  # OSError: a read-only or full cache folder
         log.warning("%s; questions are encoded with sentence-transformers instead", exc)
         return None
 

@@ -356,6 +356,10 @@ def test_damaged_onnx_export_is_removed_and_remade(tmp_path: Path, session_setti
     remade = StoreEmbeddings(settings)
     assert isinstance(remade.questions, OnnxEmbeddings)
     assert broken.is_file() and not list(broken.parent.glob(".*partial"))
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    unwritable = StoreEmbeddings(settings.model_copy(update={"encoder_cache_dir": not_a_folder}))
+    assert isinstance(unwritable.questions, TunedEmbeddings)  # no cache folder: torch, no error
 
 
 def test_answering_process_never_imports_torch(session_settings: Settings, assistant: Assistant) -> None:
