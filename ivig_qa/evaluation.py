@@ -555,6 +555,7 @@ class QuestionRecord(BaseModel):
     has_markup: bool
     markup_escaped: bool | None
     latency_ms: float | None
+    first_token_ms: float | None = None  # streamed engines (LLM): time to the first generated token
     failures: list[str]
 
 
@@ -582,11 +583,19 @@ class Metrics(BaseModel):
     html_escaped: float | None
     latency_ms_median: float | None
     latency_ms_p95: float | None
+    first_token_ms_median: float | None = None
 
 
 # Metrics a --fail-under threshold may name; for these lower is better.
 LOWER_IS_BETTER = frozenset(
-    {"false_refusals", "false_refusal_rate", "missed_emergencies", "latency_ms_median", "latency_ms_p95"}
+    {
+        "false_refusals",
+        "false_refusal_rate",
+        "missed_emergencies",
+        "latency_ms_median",
+        "latency_ms_p95",
+        "first_token_ms_median",
+    }
 )
 THRESHOLD_METRICS = tuple(name for name in Metrics.model_fields if name not in {"n", "n_recall_items"})
 
@@ -631,6 +640,7 @@ def compute_metrics(records: Sequence[QuestionRecord]) -> Metrics:
     other = [r for r in records if r.evidence and not r.counts_for_recall]
     should_answer = [r for r in records if r.expect == "answer"]
     latencies = [r.latency_ms for r in records if r.latency_ms is not None]
+    first_tokens = [r.first_token_ms for r in records if r.first_token_ms is not None]
     return Metrics(
         n=len(records),
         n_recall_items=len(recall),
@@ -653,6 +663,7 @@ def compute_metrics(records: Sequence[QuestionRecord]) -> Metrics:
         html_escaped=_rate(r.markup_escaped for r in records if r.has_markup),
         latency_ms_median=round(float(np.median(latencies)), 2) if latencies else None,
         latency_ms_p95=round(float(np.percentile(latencies, 95)), 2) if latencies else None,
+        first_token_ms_median=round(float(np.median(first_tokens)), 2) if first_tokens else None,
     )
 
 
@@ -752,6 +763,7 @@ class Evaluator:
             has_markup=markup,
             markup_escaped=not unescaped_markup(item.question, answer.answer) if markup else None,
             latency_ms=answer.timings_ms.get("total"),
+            first_token_ms=answer.timings_ms.get("llm_first_token"),
             failures=[],
         )
         record.failures = failure_reasons(record, item, self.k_final)
@@ -978,6 +990,7 @@ CHECK_COLUMNS: tuple[tuple[str, str], ...] = (
     ("html_escaped", "HTML escaped"),
     ("latency_ms_median", "latency p50 ms"),
     ("latency_ms_p95", "latency p95 ms"),
+    ("first_token_ms_median", "first token p50 ms"),
 )
 
 

@@ -453,3 +453,20 @@ def test_fallback_chat_model_without_langchain_community(real_assistant: Assista
     )
     assert chat.invoke([HumanMessage("Reply with the word yes.")]).content.strip()
     assert "".join(c.content for c in chat.stream([HumanMessage("Say hi.")])).strip()
+
+
+def test_real_model_through_the_eval_with_the_model_judge(real_assistant: Assistant) -> None:
+    """`ivig-qa eval --engine llm --checker llm` on two questions: ALCE scores and first-token time."""
+    from ivig_qa.evaluation import Evaluator, compute_metrics, load_documents, load_set
+
+    documents = load_documents(real_assistant.settings.corpus_dir)
+    items = load_set(Path(__file__).parent.parent / "eval" / "llm_questions.jsonl", documents)[:2]
+    evaluator = Evaluator(real_assistant, documents, make_checker("llm"))
+    records = [evaluator.evaluate(item) for item in items]
+    assert all(r.status == "answered" and r.quotes_verbatim for r in records), [r.answer for r in records]
+    metrics = compute_metrics(records)
+    assert metrics.citation_recall is not None and metrics.citation_recall >= 0.9
+    assert metrics.citation_precision is not None and metrics.citation_precision >= 0.9
+    assert all(r.first_token_ms is not None and r.latency_ms for r in records)
+    assert all(r.first_token_ms < r.latency_ms for r in records if r.first_token_ms and r.latency_ms)
+    assert metrics.first_token_ms_median is not None
