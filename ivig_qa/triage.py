@@ -51,6 +51,7 @@ class Rules:
     quantity_skip: frozenset[str]
     chat_words: frozenset[str]
     common_min_count: int
+    subject_words: frozenset[str]
 
     @classmethod
     @cache
@@ -67,6 +68,7 @@ class Rules:
             quantity_skip=frozenset(r["scope"]["quantity_skip"]),
             chat_words=frozenset(r["scope"]["chat_words"]),
             common_min_count=int(r["scope"]["common_word_min_count"]),
+            subject_words=frozenset(r["scope"]["subject_words"]),
         )
 
 
@@ -156,7 +158,7 @@ class ScopeChecker:
                 or bare in lay_terms
                 or bare.isdigit()
                 or self._covered(bare)
-                or self._common(bare)
+                or (self._common(bare) and bare not in self.rules.subject_words)
             ):
                 continue
             unknown.append(bare)
