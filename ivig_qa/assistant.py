@@ -170,10 +170,12 @@ class Assistant:
         """Pick the status and wrap the quotes in that status's fixed wording."""
         if urgent:
             return Status.URGENT_CARE, urgent_text(found.text)
-        if personal:
-            return Status.PERSONAL_ADVICE, personal_text(words, found.text)
         unknown = self.scope.unknown_subjects(words, self.lay_words)
         relevant = found.citations and found.best_similarity >= self.settings.min_support_score
+        # "should I stop my <unlisted drug> before IVIG?" is still a decision for the care team;
+        # "which crypto should I buy?" (unknown subject, nothing close) is simply not covered.
+        if personal and (relevant or not unknown):
+            return Status.PERSONAL_ADVICE, personal_text(words, found.text)
         if unknown or not relevant:
             closest = found.text if found.best_similarity >= self.settings.closest_passage_score else ""
             titles = sorted(self.manifest.titles.values())

@@ -164,6 +164,11 @@ class ScopeChecker:
             unknown.append(bare)
         for m in self.rules.quantity.finditer(text):
             unit = m.group(2)
-            if unit not in self.rules.quantity_skip and not self._covered(unit) and unit not in unknown:
+            if (
+                unit not in self.rules.quantity_skip
+                and unit not in self.rules.chat_words
+                and not self._covered(unit)
+                and unit not in unknown
+            ):
                 unknown.append(unit)
         return unknown

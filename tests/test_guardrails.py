@@ -107,12 +107,27 @@ def test_uncovered_subjects_are_not_in_sources(assistant: Assistant, question: s
         "is ivig a cure for lupus",
         "does it work for post polio syndrome",
         "is it normal to feel flu-ish for 2 days after ivig",  # "-ish" is not a subject
+        "how many ppl's blood goes into just 1 dose of ivig",  # chat shorthand is not a unit
+        "does ivig mess with the pneumococcal vaccine",
     ],
 )
 def test_covered_questions_are_answered(assistant: Assistant, question: str) -> None:
     answer = assistant.ask(question)
     assert answer.status == Status.ANSWERED, answer.answer
     assert answer.citations
+
+
+@pytest.mark.parametrize(
+    ("question", "status"),
+    [
+        ("should i stop my methotrexate before my ivig", Status.PERSONAL_ADVICE),  # unlisted drug
+        ("which crypto should i buy this week", Status.NOT_IN_SOURCES),  # nothing close either
+    ],
+)
+def test_personal_decisions_about_uncovered_subjects(
+    assistant: Assistant, question: str, status: Status
+) -> None:
+    assert assistant.ask(question).status == status
 
 
 def test_flu_like_reactions_are_quoted_not_flu_vaccines(assistant: Assistant) -> None:
