@@ -8,14 +8,13 @@ which source says what. Engines share one interface so an LLM engine can stand i
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from typing import Protocol
 
 import numpy as np
 
+from ivig_qa import data
 from ivig_qa.retrieval import HybridRetriever, Retrieval, tokenize
 from ivig_qa.settings import Settings
 from ivig_qa.types import Citation, ScoredPassage, Sentence
@@ -60,7 +59,7 @@ class AnswerType:
 
 @cache
 def answer_types() -> tuple[AnswerType, ...]:
-    raw = tomllib.loads(resources.files("ivig_qa.data").joinpath("answer_types.toml").read_text("utf-8"))
+    raw = data.load("answer_types.toml")
     return tuple(
         AnswerType(
             t["name"], re.compile(t["question"], re.IGNORECASE), re.compile(t["sentence"], re.IGNORECASE)

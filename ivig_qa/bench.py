@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -414,12 +413,12 @@ def scale_corpus(src: Path, dst: Path, min_chunks: int, chunk_settings: Settings
     Each copy gets its own file names, titles (in sources.toml) and sentence text.
     Returns the number of copies.
     """
-    from ivig_qa.chunking import ChunkerSettings, chunk_document
+    from ivig_qa.chunking import chunk_corpus
     from ivig_qa.corpus import load_corpus, read_sources
+    from ivig_qa.index import IndexStore
 
-    chunker = ChunkerSettings(chunk_settings.chunk_max_chars, chunk_settings.chunk_overlap_sentences)
     docs = load_corpus(src).documents
-    per_copy = sum(len(chunk_document(d, chunker)) for d in docs)
+    per_copy = len(chunk_corpus(docs, IndexStore(chunk_settings).chunker_settings()))
     copies = max(1, math.ceil(min_chunks / max(1, per_copy) * 1.02))
     sources = read_sources(src)
     dst.mkdir(parents=True, exist_ok=True)
@@ -433,7 +432,7 @@ def scale_corpus(src: Path, dst: Path, min_chunks: int, chunk_settings: Settings
             toml_lines.append(f"[{json.dumps(stem)}]")
             toml_lines += [f"{key} = {json.dumps(value)}" for key, value in meta.items()]
     (dst / "sources.toml").write_text("\n".join(toml_lines) + "\n", "utf-8")
-    tomllib.loads((dst / "sources.toml").read_text("utf-8"))  # fail here, not in the build
+    read_sources(dst)  # fail here, not in the build
     return copies
 
 
@@ -569,14 +568,13 @@ def measure_build(settings: Settings, label: str, repeat: int = 1) -> BuildResul
     """
     from sentence_transformers import SentenceTransformer
 
-    from ivig_qa.chunking import ChunkerSettings, chunk_document
+    from ivig_qa.chunking import chunk_corpus
     from ivig_qa.corpus import load_corpus
     from ivig_qa.embeddings import load_embeddings, resolve_model_path, use_torch_threads
     from ivig_qa.index import IndexStore, embedding_texts
 
     docs = load_corpus(settings.corpus_dir).documents
-    chunker = ChunkerSettings(settings.chunk_max_chars, settings.chunk_overlap_sentences)
-    chunks = [c for d in docs for c in chunk_document(d, chunker)]
+    chunks = chunk_corpus(docs, IndexStore(settings).chunker_settings())
     texts = embedding_texts(chunks)
     model = SentenceTransformer(str(resolve_model_path(settings.embedding_model)), device="cpu")
     use_torch_threads(settings.build_threads)  # the bare encode gets the threads a build gets

@@ -97,7 +97,7 @@ def index(
 ) -> None:
     """Build or refresh the index from the corpus folder (only changed documents are embedded)."""
     from ivig_qa.corpus import CorpusError
-    from ivig_qa.embeddings import ModelNotFoundError
+    from ivig_qa.embeddings import ModelNotFoundError, ensure_onnx
     from ivig_qa.index import IndexStore, IndexUnavailableError
 
     settings = load_settings(config)
@@ -112,6 +112,8 @@ def index(
         except (CorpusError, IndexUnavailableError, ModelNotFoundError) as exc:
             err.print("[red]error:[/]", escape(str(exc)))
             raise typer.Exit(1) from None
+    if settings.query_encoder == "onnx":
+        ensure_onnx(settings)  # made now, once per model, so answering processes start fast
     for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
     for problem in summary.problems:

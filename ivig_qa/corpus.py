@@ -15,9 +15,9 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
+from ivig_qa import data
 from ivig_qa.types import Block, SourceDocument, Span
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,9 @@ class CorpusReport:
 
 @cache
 def _furniture_patterns() -> tuple[list[re.Pattern[str]], list[re.Pattern[str]]]:
-    data = tomllib.loads(resources.files("ivig_qa.data").joinpath("furniture.toml").read_text("utf-8"))
+    rules = data.load("furniture.toml")
     compile_all = lambda pats: [re.compile(p, re.IGNORECASE) for p in pats]  # noqa: E731
-    return compile_all(data["line_patterns"]), compile_all(data["trailer_patterns"])
+    return compile_all(rules["line_patterns"]), compile_all(rules["trailer_patterns"])
 
 
 def _lines(text: str, start: int = 0, end: int | None = None) -> Iterator[Span]:

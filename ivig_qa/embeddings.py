@@ -32,6 +32,7 @@ from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from langchain_core.embeddings import Embeddings
 
 if TYPE_CHECKING:
@@ -165,8 +166,6 @@ class OnnxEmbeddings(Embeddings):
         return self.embed_documents([text])[0]
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        import numpy as np
-
         if not texts:
             return []
         encoded = self.tokenizer.encode_batch(texts)
@@ -269,8 +268,6 @@ def export_onnx(model_dir: Path, target: Path) -> Path:
 
 
 def _check_export(candidate: Path, model_dir: Path, model: Any) -> None:
-    import numpy as np
-
     want = model.encode(list(_PROBES), normalize_embeddings=True, show_progress_bar=False)
     got = np.asarray(OnnxEmbeddings(candidate, model_dir).embed_documents(list(_PROBES)))
     error = float(np.abs(want - got).max())

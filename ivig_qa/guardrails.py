@@ -7,10 +7,9 @@ engine writes it and nothing a user types can remove it.
 from __future__ import annotations
 
 import re
-import tomllib
 import unicodedata
-from functools import cache
-from importlib import resources
+
+from ivig_qa import data
 
 DISCLAIMER = (
     "This assistant shares general information from a small set of published sources about IVIG. "
@@ -69,10 +68,9 @@ def clean_question(raw: object, max_chars: int) -> str:
     return text
 
 
-@cache
 def responses() -> dict:
     """The reviewed wording of each answer shape (``data/responses.toml``)."""
-    return tomllib.loads(resources.files("ivig_qa.data").joinpath("responses.toml").read_text("utf-8"))
+    return data.load("responses.toml")
 
 
 def care_team_questions(message: str) -> list[str]:

@@ -44,7 +44,7 @@ from langchain_core.embeddings import Embeddings
 
 from ivig_qa.chunking import ChunkerSettings, chunk_document
 from ivig_qa.corpus import load_corpus
-from ivig_qa.embeddings import StoreEmbeddings, TunedEmbeddings, ensure_onnx, model_fingerprint
+from ivig_qa.embeddings import StoreEmbeddings, TunedEmbeddings, model_fingerprint
 from ivig_qa.settings import Settings
 from ivig_qa.types import Chunk, Sentence, SourceDocument
 
@@ -138,6 +138,10 @@ def _open_http_client(chroma_url: str, timeout_s: float) -> ClientAPI:
     return client
 
 
+# The failures that mean "the index cannot be used now" (the server maps each to a 503).
+UNAVAILABLE_ERRORS = (IndexUnavailableError, httpx.TransportError, chromadb.errors.NotFoundError)
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True for failures that mean "the index cannot be used now" rather than a bug.
 
@@ -145,7 +149,7 @@ def is_unavailable(exc: BaseException) -> bool:
     rebuild, or our own ``IndexUnavailableError``: callers turn these into a clear
     "try again shortly" instead of a crash.
     """
-    return isinstance(exc, IndexUnavailableError | httpx.TransportError | chromadb.errors.NotFoundError)
+    return isinstance(exc, UNAVAILABLE_ERRORS)
 
 
 def _sentence_text(sentence: Sentence, chunk: Chunk) -> str:
@@ -193,21 +197,17 @@ class IndexStore:
 
     def __init__(self, settings: Settings, embeddings: Embeddings | None = None) -> None:
         self.settings = settings
-        self._embeddings = embeddings
-        self._own_embeddings = embeddings is None  # the default pair: ONNX questions, torch documents
+        # Given embeddings (tests, the bench) do both jobs; by default questions and documents
+        # each get their own encoder (see ``StoreEmbeddings``).
+        self.embeddings: Embeddings = (
+            StoreEmbeddings(settings)
+            if embeddings is None
+            else TunedEmbeddings(embeddings, settings.query_threads, settings.build_threads)
+        )
         self._client: ClientAPI | None = None
         self._stores: dict[tuple[str, str], Chroma] = {}
 
     # -- plumbing ---------------------------------------------------------------------
-    @property
-    def embeddings(self) -> Embeddings:
-        if self._embeddings is None:
-            self._embeddings = StoreEmbeddings(self.settings)
-        if not isinstance(self._embeddings, TunedEmbeddings | StoreEmbeddings):
-            s = self.settings
-            self._embeddings = TunedEmbeddings(self._embeddings, s.query_threads, s.build_threads)
-        return self._embeddings
-
     @property
     def client(self) -> ClientAPI:
         if self._client is None:
@@ -333,8 +333,6 @@ class IndexStore:
                 f"the index at {where} stopped answering during the build ({exc}); the previous "
                 "version is still active — run `ivig-qa index` again when it is back"
             ) from exc
-        if self._own_embeddings and self.settings.query_encoder == "onnx":
-            ensure_onnx(self.settings)  # made here, so the first answering process starts fast
         return summary
 
     def _build(self, rebuild: bool, progress: Progress | None) -> BuildSummary:

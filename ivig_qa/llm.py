@@ -25,6 +25,7 @@ decides them. ``LLMSupportChecker`` is the same check for ``ivig-qa eval --check
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import queue
 import re
@@ -34,8 +35,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ivig_qa.answer import Candidate, Composition, ExtractiveEngine
+from ivig_qa.answer import Candidate, Composition, ExtractiveEngine, compose_quotes
 from ivig_qa.embeddings import ModelNotFoundError
+from ivig_qa.models import INSTALL_HINT
 from ivig_qa.retrieval import Retrieval, tokenize
 from ivig_qa.settings import Settings
 from ivig_qa.types import Citation
@@ -47,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install -e '.[llm]'"
 CHARS_PER_TOKEN = 4  # English text, Qwen's tokenizer: close enough for a prompt budget
 
 
@@ -147,15 +148,7 @@ def _openai_model(settings: Settings) -> LoadedModel:
         max_retries=1,
     )
     # A remote server handles its own concurrency: a lock that never blocks.
-    return LoadedModel(chat, settings.llm_model_name, lock=_NoLock())
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    return LoadedModel(chat, settings.llm_model_name, lock=contextlib.nullcontext())
 
 
 def resolve_gguf(settings: Settings) -> Any:
@@ -417,10 +410,6 @@ class SupportJudge:
     def __init__(self, model: LoadedModel | None, settings: Settings) -> None:
         self.model = model if settings.llm_judge else None
         self.min_overlap = settings.llm_min_overlap
-        self.calls = 0
-
-    def lexical(self, statement: str, passage: str) -> str | None:
-        return lexical_problem(statement, passage, self.min_overlap)
 
     @staticmethod
     def verbatim(statement: str, passage: str) -> bool:
@@ -438,18 +427,26 @@ class SupportJudge:
             SystemMessage(JUDGE_SYSTEM),
             HumanMessage(JUDGE_USER.format(passage=" ".join(passage.split()), statement=statement)),
         ]
-        self.calls += 1
         with self.model.lock:
             reply = self.model.chat.invoke(messages, max_tokens=3, temperature=0.0)
         return _text(reply.content).strip().lower().lstrip("\"'*").startswith("yes")
 
-    def check(self, statement: str, passage: str) -> str | None:
-        """None when supported, else the reason. A verbatim quote needs no model to say so."""
+    def check(self, statement: str, passage: str, budget: _Budget | None = None) -> str | None:
+        """None when supported, else the reason. A verbatim quote needs no model to say so.
+
+        With a ``budget``, a model call is made only while calls and time are left (and counted).
+        """
         if self.verbatim(statement, passage):
             return None
-        problem = self.lexical(statement, passage)
+        problem = lexical_problem(statement, passage, self.min_overlap)
         if problem:
             return problem
+        if budget is not None and self.model is not None:
+            if budget.calls >= budget.max_calls:
+                return "verification budget used up"
+            if time.perf_counter() > budget.deadline:
+                return "verification time limit"
+            budget.calls += 1
         return None if self.judge(statement, passage) else "the judge says the source does not support it"
 
 
@@ -587,6 +584,17 @@ class _Budget:
 
 
 @dataclass
+class Plan:
+    """What the extractive scoring gave one question: the prompt's sources and, for the
+    supporting quotes and any fallback, the scored candidates (scored once per question)."""
+
+    sources: list[Source]
+    best: float
+    ranked: list[Candidate]
+    selected: list[Candidate]
+
+
+@dataclass
 class LLMComposition(Composition):
     """A composition plus what the LLM engine measured (merged into ``Answer.timings_ms``)."""
 
@@ -627,15 +635,15 @@ class LLMEngine:
     # -- the prompt --------------------------------------------------------------------
     def sources(self, question: str, retrieval: Retrieval) -> tuple[list[Source], float]:
         """The numbered sources for the prompt and the best similarity (see ``plan``)."""
-        sources, best, _selected = self.plan(question, retrieval)
-        return sources, best
+        plan = self.plan(question, retrieval)
+        return plan.sources, plan.best
 
-    def plan(self, question: str, retrieval: Retrieval) -> tuple[list[Source], float, list[Candidate]]:
+    def plan(self, question: str, retrieval: Retrieval) -> Plan:
         """The sentences the extractive engine would quote, within the prompt budget, numbered.
 
         Offering the model only the extractive selection (strong enough, de-duplicated, spread
         over the documents) keeps a small model on topic. Also returns the best similarity and
-        the whole selection (for the supporting quotes).
+        the candidates (for the supporting quotes and the fallback).
         """
         ranked = self.extractive.candidates(question, retrieval)
         best = max((c.similarity for c in ranked), default=0.0)
@@ -655,11 +663,6 @@ class LLMEngine:
                 for c, st, en, _ in picked
             ):
                 continue
-            if any(
-                len(cand.terms & c.terms) / max(1, len(cand.terms | c.terms)) > s.duplicate_overlap
-                for c, *_ in picked
-            ):
-                continue
             text = chunk.text[start - chunk.start : end - chunk.start]
             cost = len(" ".join(text.split())) + 6
             if cand.sentence.doc_id not in docs:
@@ -673,7 +676,7 @@ class LLMEngine:
         doc_order = list(dict.fromkeys(c.sentence.doc_id for c, *_ in picked))
         ordered = sorted(picked, key=lambda p: doc_order.index(p[0].sentence.doc_id))
         numbered = [Source(i, c, st, en, text) for i, (c, st, en, text) in enumerate(ordered, start=1)]
-        return numbered, best, selected
+        return Plan(numbered, best, ranked, selected)
 
     @staticmethod
     def prompt_text(question: str, sources: list[Source]) -> str:
@@ -778,19 +781,7 @@ class LLMEngine:
         tried: set[int] = set()
 
         def attempt(group: list[Source]) -> str | None:
-            text = " ".join(s.text for s in group)
-            if self.judge.verbatim(statement, text):
-                return None
-            problem = self.judge.lexical(statement, text)
-            if problem:
-                return problem
-            if self.judge.model is not None:
-                if budget.calls >= budget.max_calls:
-                    return "verification budget used up"
-                if time.perf_counter() > budget.deadline:
-                    return "verification time limit"
-                budget.calls += 1
-            return None if self.judge.judge(statement, text) else "judge: no"
+            return self.judge.check(statement, " ".join(s.text for s in group), budget)
 
         for src in cited:
             tried.add(src.n)
@@ -826,10 +817,11 @@ class LLMEngine:
         """Yield the model's text as it is generated, then the verified ``Composition``."""
         timings: dict[str, float] = {}
         since = time.perf_counter()
-        sources, best, selected = self.plan(question, retrieval)
+        plan = self.plan(question, retrieval)
+        sources, best = plan.sources, plan.best
         if not sources or best < self.settings.min_support_score:
             # The guardrails will say "not in the sources"; no need to run the model.
-            yield self._fallback(question, retrieval, limit, "llm skipped: no relevant sources", timings)
+            yield self._fallback(plan, limit, "llm skipped: no relevant sources", timings)
             return
         messages = self.messages(question, sources)
         text = ""
@@ -839,12 +831,12 @@ class LLMEngine:
                 yield piece
         except LLMTimeout:
             log.warning("LLM timed out; the extractive engine answers")
-            yield self._fallback(question, retrieval, limit, "llm fallback: timeout", timings)
+            yield self._fallback(plan, limit, "llm fallback: timeout", timings)
             return
         except Exception as exc:
             log.warning("LLM failed (%s); the extractive engine answers", exc)
             reason = f"llm fallback: error ({type(exc).__name__})"
-            yield self._fallback(question, retrieval, limit, reason, timings)
+            yield self._fallback(plan, limit, reason, timings)
             return
         started = time.perf_counter()
         budget = _Budget(self.settings.llm_judge_max_calls, since + self.settings.llm_timeout_s)
@@ -853,7 +845,7 @@ class LLMEngine:
         except Exception as exc:
             log.warning("LLM verification failed (%s); the extractive engine answers", exc)
             reason = f"llm fallback: verification error ({type(exc).__name__})"
-            yield self._fallback(question, retrieval, limit, reason, timings)
+            yield self._fallback(plan, limit, reason, timings)
             return
         if limit is not None:
             dropped += [(g.text, "over the sentence limit") for g, _ in kept[limit:]]
@@ -867,13 +859,11 @@ class LLMEngine:
         for sentence, why in dropped:
             log.info("dropped unsupported sentence (%s): %r", why, sentence)
         if not kept:
-            composition = self._fallback(
-                question, retrieval, limit, "llm fallback: nothing verified", timings
-            )
+            composition = self._fallback(plan, limit, "llm fallback: nothing verified", timings)
             composition.dropped = dropped
             yield composition
             return
-        quotes = self._supporting_quotes(kept, selected, limit)
+        quotes = self._supporting_quotes(kept, plan.selected, limit)
         timings["supporting_quotes"] = float(len(quotes))
         body, citations = render(kept, quotes)
         yield LLMComposition(body, citations, self.name, best, timings=timings, dropped=dropped)
@@ -900,12 +890,12 @@ class LLMEngine:
         return out
 
     def _fallback(
-        self, question: str, retrieval: Retrieval, limit: int | None, reason: str, timings: dict[str, float]
+        self, plan: Plan, limit: int | None, reason: str, timings: dict[str, float]
     ) -> LLMComposition:
-        base = self.extractive.compose(question, retrieval, limit)
-        return LLMComposition(
-            base.text, base.citations, f"extractive ({reason})", base.best_similarity, timings=timings
-        )
+        """The extractive engine's answer, from the candidates the plan already scored."""
+        chosen = plan.selected if limit is None else self.extractive.select(plan.ranked, limit)
+        base = compose_quotes(chosen, self.extractive.name)
+        return LLMComposition(base.text, base.citations, f"extractive ({reason})", plan.best, timings=timings)
 
 
 SUPPORTING_QUOTES_LEAD = "More from the sources, word for word:"

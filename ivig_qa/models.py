@@ -51,7 +51,7 @@ class PartInfo:
 
     @property
     def installed(self) -> bool:
-        return self.path is not None and self.path.is_file()
+        return self.path is not None  # part_info keeps a path only when it is a file
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,6 @@ class ModelStatus:
     path: Path
     exists: bool
     size: int | None
-    stamp_ok: bool
     sha256: str | None  # only when fully hashed
     verified: bool
 
@@ -113,13 +112,11 @@ def stamp_matches(path: Path) -> bool:
         return False
 
 
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while block := fh.read(_CHUNK):
             digest.update(block)
-            if progress:
-                progress(len(block))
     return digest.hexdigest()
 
 
@@ -198,15 +195,13 @@ def status(cache_dir: Path, *, full_check: bool = False) -> ModelStatus:
     """The parts and the joined file, without joining anything."""
     target = model_path(cache_dir)
     exists = target.is_file()
-    stamp_ok = exists and stamp_matches(target)
     digest = sha256_file(target) if exists and full_check else None
-    verified = digest == MODEL_SHA256 if full_check else stamp_ok
+    verified = digest == MODEL_SHA256 if full_check else exists and stamp_matches(target)
     return ModelStatus(
         parts=parts(),
         path=target,
         exists=exists,
         size=target.stat().st_size if exists else None,
-        stamp_ok=stamp_ok,
         sha256=digest,
         verified=verified,
     )

@@ -16,7 +16,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 from rank_bm25 import BM25Okapi
 
+from ivig_qa import data
 from ivig_qa.index import IndexStore, Manifest
 from ivig_qa.settings import Settings
 from ivig_qa.types import Chunk, ScoredPassage
@@ -206,16 +206,12 @@ def tokenize(text: str) -> list[str]:
     return [stem(t) for t in _TOKEN.findall(text.lower()) if t not in STOPWORDS]
 
 
-@cache
 def _builtin_lay_terms() -> dict[str, str]:
-    raw = resources.files("ivig_qa.data").joinpath("lay_terms.toml").read_text("utf-8")
-    return tomllib.loads(raw)["expansions"]
+    return data.load("lay_terms.toml")["expansions"]
 
 
-@cache
 def _chat_rewrites() -> dict[str, str]:
-    raw = resources.files("ivig_qa.data").joinpath("lay_terms.toml").read_text("utf-8")
-    return tomllib.loads(raw).get("rewrite", {})
+    return data.load("lay_terms.toml").get("rewrite", {})
 
 
 @cache
@@ -398,8 +394,8 @@ class HybridRetriever(BaseRetriever):
         """Stored vectors of the given sentences (the compose step scores them all)."""
         if not sentence_ids:
             return {}
-        col = self.store.client.get_collection(self.store._name("sentences", self.manifest.version))
-        got = col.get(ids=sentence_ids, include=["embeddings"])
+        store = self.store.vectorstore("sentences", self.manifest.version)  # opened once, reused
+        got = store.get(ids=sentence_ids, include=["embeddings"])
         return {
             i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], got["embeddings"], strict=True)
         }

@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
-import chromadb.errors
-import httpx
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,7 +49,7 @@ from ivig_qa import __version__
 from ivig_qa.assistant import Assistant
 from ivig_qa.feedback import FeedbackIn, FeedbackStore, Rating
 from ivig_qa.guardrails import DISCLAIMER
-from ivig_qa.index import IndexUnavailableError, is_unavailable
+from ivig_qa.index import UNAVAILABLE_ERRORS, IndexUnavailableError, is_unavailable
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Message, SourceDocument
 
@@ -857,7 +855,7 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": str(NOT_READY_RETRY_S)}
         return JSONResponse(body.model_dump(), status_code=503, headers=headers)
 
-    for exc_type in (IndexUnavailableError, httpx.TransportError, chromadb.errors.NotFoundError):
+    for exc_type in UNAVAILABLE_ERRORS:
         app.add_exception_handler(exc_type, index_unavailable)
 
 

@@ -86,7 +86,9 @@ class Settings(BaseSettings):
     # document cited 0.913 / 0.975 of the gold evidence, against 0.862 / 0.825 for 8 and 5 (the
     # first pass of the selection already gives every relevant document its best sentence).
     max_answer_sentences: int = 9
-    max_sentences_per_doc: int = 9
+    max_sentences_per_doc: int = Field(
+        9, ge=1, description="Quotes from one document; no cap unless below max_answer_sentences."
+    )
     min_sentence_score: float = 0.30
     relative_sentence_score: float = 0.5
     duplicate_overlap: float = 0.6

@@ -12,13 +12,12 @@ Rules live in ``data/triage.toml`` so clinicians can review them without reading
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 
 from spellchecker import SpellChecker
 
+from ivig_qa import data
 from ivig_qa.retrieval import STOPWORDS, Vocabulary
 
 _WORD = re.compile(r"[a-z][a-z0-9'-]*[a-z0-9]|[a-z]")
@@ -28,11 +27,6 @@ def normalise(text: str) -> str:
     """Lower case, straight apostrophes, single spaces: what the patterns are written for."""
     text = text.lower().replace("’", "'").replace("‘", "'")
     return re.sub(r"\s+", " ", text).strip()
-
-
-@cache
-def _rules() -> dict:
-    return tomllib.loads(resources.files("ivig_qa.data").joinpath("triage.toml").read_text("utf-8"))
 
 
 def _compile(patterns: list[str]) -> list[re.Pattern[str]]:
@@ -56,7 +50,7 @@ class Rules:
     @classmethod
     @cache
     def load(cls) -> Rules:
-        r = _rules()
+        r = data.load("triage.toml")
         return cls(
             red_flags=_compile(r["urgent"]["red_flags"]),
             experiencing=_compile(r["urgent"]["experiencing"]),

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ivig_qa.assistant import Assistant
-from ivig_qa.bench import AppServer, ChromaServer, settings_env
+from ivig_qa.bench import AppServer, ChromaServer, settings_env, wait_until
 from ivig_qa.cli import app
 from ivig_qa.index import IndexStore
 from ivig_qa.server import BackgroundServer, create_app
@@ -87,7 +87,9 @@ def test_index_and_answer_from_the_server(server_settings: Settings) -> None:
 def test_incremental_rebuild_reembeds_only_the_changed_document(server_settings: Settings) -> None:
     store = IndexStore(server_settings)
     first = store.build()
+    v0 = store.manifest().version
     assert store.build().embedded_documents == []  # up to date: nothing embedded, nothing switched
+    assert store.manifest().version == v0
 
     add_new_fact(server_settings)
     second = store.build()
@@ -104,7 +106,8 @@ def test_incremental_rebuild_reembeds_only_the_changed_document(server_settings:
     v2 = store.manifest().version
     assert versions_on_server(store) == {v1, v2}
     # …and the one before it is gone.
-    assert first.rebuilt and len({v1, v2}) == 2
+    assert first.rebuilt and len({v0, v1, v2}) == 3
+    assert v0 not in versions_on_server(store)
 
 
 def test_cli_rebuild_drops_only_this_prefixs_collections_on_the_server(server_settings: Settings) -> None:
@@ -117,13 +120,7 @@ def test_cli_rebuild_drops_only_this_prefixs_collections_on_the_server(server_se
     for name in [crashed, *decoys]:
         store.client.get_or_create_collection(name)
 
-    env = {
-        "IVIG_QA_CHROMA_URL": server_settings.chroma_url,
-        "IVIG_QA_CORPUS_DIR": str(server_settings.corpus_dir),
-        "IVIG_QA_INDEX_DIR": str(server_settings.index_dir),
-        "IVIG_QA_COLLECTION_PREFIX": prefix,
-    }
-    result = CliRunner().invoke(app, ["index", "--rebuild"], env=env)
+    result = CliRunner().invoke(app, ["index", "--rebuild"], env=settings_env(server_settings))
     assert result.exit_code == 0, result.output
     assert server_settings.chroma_url in result.output
 
@@ -135,13 +132,10 @@ def test_cli_rebuild_drops_only_this_prefixs_collections_on_the_server(server_se
 
 
 def wait_for_version(client: httpx.Client, url: str, version: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"{url}/api/health").json()
-        if body.get("index_version") == version:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{url} never switched to index {version}: {body}")
+    def switched() -> bool:
+        return client.get(f"{url}/api/health").json().get("index_version") == version
+
+    wait_until(switched, timeout, f"{url} switching to index {version}")
 
 
 def test_two_app_servers_share_the_index_and_follow_a_new_version(
@@ -176,12 +170,18 @@ def ask_both_during_a_new_build(
     assert replies[0].json()["answer"] == replies[1].json()["answer"]
 
     failures: list[str] = []
+    asked: list[str] = []
     stop = threading.Event()
 
     def keep_asking() -> None:
         while not stop.is_set():
             for url in urls:
-                r = client.post(f"{url}/api/ask", json={"question": CRPS_QUESTION})
+                asked.append(url)
+                try:  # a dropped connection is a failure too, not a dead thread
+                    r = client.post(f"{url}/api/ask", json={"question": CRPS_QUESTION})
+                except httpx.HTTPError as exc:
+                    failures.append(f"{url}: {exc!r}")
+                    continue
                 if r.status_code != 200:
                     failures.append(f"{url}: {r.status_code} {r.text[:200]}")
             time.sleep(0.1)
@@ -199,6 +199,7 @@ def ask_both_during_a_new_build(
         stop.set()
         asker.join()
     assert failures == []
+    assert set(asked) == set(urls)  # both servers were asked while the index switched
     for url in urls:
         body = client.post(f"{url}/api/ask", json={"question": CRPS_QUESTION}).json()
         assert any("every four weeks" in c["quote"] for c in body["citations"]), url

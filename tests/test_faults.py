@@ -29,7 +29,7 @@ from chromadb.api.shared_system_client import SharedSystemClient
 from typer.testing import CliRunner
 
 from ivig_qa.assistant import Assistant
-from ivig_qa.bench import ChromaServer, quiet_env, scale_corpus, script_path, settings_env
+from ivig_qa.bench import ChromaServer, quiet_env, scale_corpus, script_path, settings_env, wait_until
 from ivig_qa.cli import app
 from ivig_qa.index import IndexStore
 from ivig_qa.server import BackgroundServer, create_app
@@ -155,7 +155,7 @@ def test_a_damaged_index_gives_a_clear_message_and_rebuild_fixes_it(
     settings = built_index.model_copy(update={"index_dir": tmp_path / "index"})
     shutil.copytree(built_index.index_dir, settings.index_dir)
     DAMAGE[damage](settings)
-    env = {"IVIG_QA_CORPUS_DIR": str(settings.corpus_dir), "IVIG_QA_INDEX_DIR": str(settings.index_dir)}
+    env = settings_env(settings)
     runner = CliRunner()
 
     asked = runner.invoke(app, ["ask", QUESTION], env=env)
@@ -201,7 +201,7 @@ def test_a_dead_or_hung_chroma_server_fails_fast_and_recovers_by_itself(
             chroma.stop()  # dead: connection refused
             assert_fails_fast(client, url, within_s=2)
             assert_health_down(client, url)
-            failed = CliRunner().invoke(app, ["index"], env={"IVIG_QA_CHROMA_URL": chroma.url})
+            failed = CliRunner().invoke(app, ["index"], env=settings_env(settings))
             assert failed.exit_code == 1 and "unreachable" in failed.output
             assert "Traceback" not in failed.output
 
@@ -213,19 +213,14 @@ def test_a_dead_or_hung_chroma_server_fails_fast_and_recovers_by_itself(
 
                 chroma.start()  # same port, same folder
                 for app_url in (url, late_url):
-                    wait_for(lambda u=app_url: client.get(f"{u}/api/health").status_code == 200, 30)
+                    wait_until(
+                        lambda u=app_url: client.get(f"{u}/api/health").status_code == 200, 30, "health"
+                    )
                     r = client.post(f"{app_url}/api/ask", json={"question": QUESTION})
                     assert r.status_code == 200, r.text
                     assert r.json()["status"] == "answered" and r.json()["citations"]
             finally:
                 late.stop()
-
-
-def wait_for(check, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def assert_fails_fast(client: httpx.Client, url: str, within_s: float) -> None:
@@ -245,7 +240,7 @@ def assert_health_down(client: httpx.Client, url: str) -> None:
         r = client.get(f"{url}/api/health")
         return r.status_code == 503 and "unreachable" in (r.json()["error"] or "")
 
-    wait_for(down, 10)
+    wait_until(down, 10, "health reporting the index down")
 
 
 # --- a burst of 10,000 requests -----------------------------------------------------------------------
