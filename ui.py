@@ -9,8 +9,8 @@ the chat on ``settings.host:settings.port`` together with the HTTP API it links 
 from __future__ import annotations
 
 import ivig_qa  # noqa: F401  (switches off telemetry before Gradio loads)
-from ivig_qa.chat_ui import build_chat_app
-from ivig_qa.server import TokenBucketLimiter, configure_logging, default_loader, serve
+from ivig_qa.web.chat import build_chat_app
+from ivig_qa.web.app import TokenBucketLimiter, configure_logging, default_loader, serve
 from ivig_qa.settings import Settings
 
 

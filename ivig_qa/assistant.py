@@ -15,9 +15,12 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from ivig_qa.answer import AnswerEngine, Composition, ExtractiveEngine
 from ivig_qa.conversation import condense
-from ivig_qa.guardrails import (
+from ivig_qa.engines.base import AnswerEngine, Composition
+from ivig_qa.engines.extractive import ExtractiveEngine
+from ivig_qa.index import BuildSummary, IndexStore, Manifest, Progress
+from ivig_qa.policy.triage import ScopeChecker, has_injection, is_personal, is_urgent, strip_injection
+from ivig_qa.policy.wording import (
     DISCLAIMER,
     InvalidQuestion,
     answered_text,
@@ -27,10 +30,8 @@ from ivig_qa.guardrails import (
     plain_text,
     urgent_text,
 )
-from ivig_qa.index import BuildSummary, IndexStore, Manifest, Progress
 from ivig_qa.retrieval import HybridRetriever, Retrieval, lay_words
 from ivig_qa.settings import Settings
-from ivig_qa.triage import ScopeChecker, has_injection, is_personal, is_urgent, strip_injection
 from ivig_qa.types import Answer, Message, Status
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ _BODY = "\x00body\x00"  # stands for the sources' part when splitting a fixed an
 def make_engine(retriever: HybridRetriever, settings: Settings) -> AnswerEngine:
     """The answer engine ``settings.engine`` names (the LLM one is imported only when asked for)."""
     if settings.engine == "llm":
-        from ivig_qa.llm import LLMEngine
+        from ivig_qa.engines.llm.engine import LLMEngine
 
         return LLMEngine.from_settings(retriever, settings)
     return ExtractiveEngine(retriever, settings)
@@ -158,29 +159,29 @@ class Assistant:
                     yield piece
             assert found is not None
         t = timer.lap("compose", t)
-        timer.marks.update(getattr(found, "timings", {}))
-        status, body = self._shape(words, found, urgent, personal, injection)
+        timer.marks.update(found.timings)
+        status, body = self._shape(words, found, retrieval.best_similarity, urgent, personal, injection)
         timer.lap("guard", t)
         citations = found.citations if status != Status.NOT_IN_SOURCES or found.text in body else []
         yield self._answer(status, body, text, standalone, timer, citations, engine=found.engine)
 
     def _shape(
-        self, words: str, found: Composition, urgent: bool, personal: bool, injection: bool
+        self, words: str, found: Composition, best: float, urgent: bool, personal: bool, injection: bool
     ) -> tuple[Status, str]:
         """Pick the status and wrap the quotes in that status's fixed wording."""
         if urgent:
             return Status.URGENT_CARE, urgent_text(found.text)
         unknown = self.scope.unknown_subjects(words, self.lay_words)
-        relevant = found.citations and found.best_similarity >= self.settings.min_support_score
+        relevant = found.citations and best >= self.settings.min_support_score
         # "should I stop my <unlisted drug> before IVIG?" is still a decision for the care team;
         # "which crypto should I buy?" (unknown subject, nothing close) is simply not covered.
         if personal and (relevant or not unknown):
             return Status.PERSONAL_ADVICE, personal_text(words, found.text)
         if unknown or not relevant:
-            closest = found.text if found.best_similarity >= self.settings.closest_passage_score else ""
+            closest = found.text if best >= self.settings.closest_passage_score else ""
             titles = sorted(self.manifest.titles.values())
             return Status.NOT_IN_SOURCES, not_in_sources_text(unknown, closest, titles, injection)
-        return Status.ANSWERED, answered_text(found.text, generated=found.engine.startswith("llm:"))
+        return Status.ANSWERED, answered_text(found.text, generated=found.generated)
 
     def _history(self, history: HistoryLike | None) -> list[Message]:
         """Validated recent turns; a malformed turn is an input error, not a crash.

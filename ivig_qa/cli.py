@@ -207,8 +207,8 @@ def eval_command(
     config: ConfigOpt = None,
 ) -> None:
     """Score a question set through the real assistant: retrieval, citations, statuses, integrity."""
-    from ivig_qa import evaluation as ev
     from ivig_qa.corpus import CorpusError
+    from ivig_qa.evaluation import runner as ev
 
     try:
         thresholds = [ev.parse_threshold(spec) for spec in fail_under or []]
@@ -277,7 +277,7 @@ def models(
 
     from rich.markup import escape
 
-    from ivig_qa import models as packaged
+    from ivig_qa.engines.llm import models as packaged
 
     settings = load_settings(config)
     if join:
@@ -333,8 +333,8 @@ PortOpt = Annotated[int | None, typer.Option("--port", help="Port to listen on (
 @app.command()
 def serve(host: HostOpt = None, port: PortOpt = None, config: ConfigOpt = None) -> None:
     """Serve the HTTP API (/api), the chat (/), the widget (/widget.js) and the embed page (/embed)."""
-    from ivig_qa.server import configure_logging
-    from ivig_qa.server import serve as run_server
+    from ivig_qa.web.app import configure_logging
+    from ivig_qa.web.app import serve as run_server
 
     settings = load_settings(config, host=host, port=port)
     configure_logging()
@@ -360,7 +360,7 @@ def bench(
     config: ConfigOpt = None,
 ) -> None:
     """Measure answer latency, HTTP throughput, cold start, index build speed and memory."""
-    from ivig_qa import bench as b
+    from ivig_qa.bench import runner as b
 
     settings = load_settings(config)
     if not set_file.is_file():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from ivig_qa.retrieval import tokenize
+from ivig_qa.text import tokenize
 from ivig_qa.types import Message
 
 # A message that opens like this continues the conversation.

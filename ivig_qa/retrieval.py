@@ -28,182 +28,8 @@ from rank_bm25 import BM25Okapi
 from ivig_qa import data
 from ivig_qa.index import IndexStore, Manifest
 from ivig_qa.settings import Settings
+from ivig_qa.text import STOPWORDS, TOKEN, stem, tokenize
 from ivig_qa.types import Chunk, ScoredPassage
-
-STOPWORDS = frozenset(
-    [
-        "a",
-        "about",
-        "above",
-        "after",
-        "again",
-        "all",
-        "am",
-        "an",
-        "and",
-        "any",
-        "are",
-        "as",
-        "at",
-        "be",
-        "because",
-        "been",
-        "before",
-        "being",
-        "below",
-        "between",
-        "both",
-        "but",
-        "by",
-        "can",
-        "could",
-        "did",
-        "do",
-        "does",
-        "doing",
-        "down",
-        "during",
-        "each",
-        "few",
-        "for",
-        "from",
-        "further",
-        "had",
-        "has",
-        "have",
-        "having",
-        "he",
-        "her",
-        "here",
-        "hers",
-        "herself",
-        "him",
-        "himself",
-        "his",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "itself",
-        "just",
-        "me",
-        "more",
-        "most",
-        "my",
-        "myself",
-        "no",
-        "nor",
-        "not",
-        "now",
-        "of",
-        "off",
-        "on",
-        "once",
-        "only",
-        "or",
-        "other",
-        "our",
-        "ours",
-        "out",
-        "over",
-        "own",
-        "same",
-        "she",
-        "should",
-        "so",
-        "some",
-        "such",
-        "than",
-        "that",
-        "the",
-        "their",
-        "theirs",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "those",
-        "through",
-        "to",
-        "too",
-        "under",
-        "until",
-        "up",
-        "very",
-        "was",
-        "we",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "who",
-        "whom",
-        "why",
-        "will",
-        "with",
-        "would",
-        "you",
-        "your",
-        "yours",
-        "yourself",
-        "im",
-        "ive",
-        "id",
-        "dont",
-        "doesnt",
-        "get",
-        "gets",
-        "got",
-        "go",
-        "going",
-        "really",
-        "thing",
-        "things",
-        "ok",
-        "okay",
-        "pls",
-        "please",
-        "thanks",
-        "hi",
-        "hey",
-        "also",
-        "like",
-        "know",
-        "want",
-        "wondering",
-        "anyone",
-        "someone",
-        "say",
-        "says",
-        "tell",
-        "u",
-        "ur",
-        "r",
-    ]
-)
-
-_TOKEN = re.compile(r"[a-z0-9]+(?:[./][a-z0-9]+)*")
-
-
-def stem(word: str) -> str:
-    """A deliberately light stemmer: plural and -ing/-ed endings (enough for BM25 here)."""
-    for suffix, min_len in (("ies", 5), ("ing", 6), ("ed", 5), ("es", 5), ("s", 4)):
-        if word.endswith(suffix) and len(word) >= min_len and not word.endswith("ss"):
-            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
-    return word
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased, stop-word-free, lightly stemmed terms."""
-    return [stem(t) for t in _TOKEN.findall(text.lower()) if t not in STOPWORDS]
 
 
 def _builtin_lay_terms() -> dict[str, str]:
@@ -218,7 +44,7 @@ def _chat_rewrites() -> dict[str, str]:
 def lay_words() -> frozenset[str]:
     """Every word of the lay vocabulary (these are known words, not unknown subjects)."""
     keys = [*_builtin_lay_terms(), *_chat_rewrites()]
-    return frozenset(w for key in keys for w in _TOKEN.findall(key.lower()))
+    return frozenset(w for key in keys for w in TOKEN.findall(key.lower()))
 
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9']*")
@@ -287,15 +113,24 @@ class QueryExpander:
         return question if not extra else f"{question} ({' '.join(dict.fromkeys(extra))})"
 
 
+MIN_CONTENT_TERMS = 2  # a sentence with fewer content words is not quotable on its own
+
+
 @dataclass
 class Retrieval:
-    """The passages for one question, plus what composing the answer reuses."""
+    """The passages for one question, plus what composing the answer reuses.
+
+    ``sentence_vectors`` are the stored vectors of every sentence in the passages;
+    ``best_similarity`` is the closest quotable sentence's similarity to the question, which
+    the policy reads (before any composing) to tell whether the sources are near the question.
+    """
 
     query: str
     expanded_query: str
     query_vector: np.ndarray
     passages: list[ScoredPassage]
-    sentence_similarity: dict[str, float]
+    sentence_vectors: dict[str, np.ndarray]
+    best_similarity: float
 
 
 def rrf(rankings: list[list[str]], k: int, weights: Sequence[float] | None = None) -> dict[str, float]:
@@ -344,16 +179,14 @@ class HybridRetriever(BaseRetriever):
         ids = [str(doc.id) for doc, _ in hits]
         return ids, {str(doc.id): 1.0 - float(dist) for doc, dist in hits}
 
-    def _dense_sentences(self, vector: list[float]) -> tuple[dict[str, float], dict[str, float]]:
-        """Each hit sentence's similarity, and each chunk's best sentence (in rank order)."""
+    def _dense_sentences(self, vector: list[float]) -> dict[str, float]:
+        """Each chunk's best sentence similarity, in rank order."""
         col = self.store.vectorstore("sentences", self.manifest.version)
         hits = col.similarity_search_by_vector_with_relevance_scores(vector, k=self.settings.k_sentences)
-        sims: dict[str, float] = {}
         best_in_chunk: dict[str, float] = {}
         for doc, dist in hits:
-            sims[str(doc.id)] = 1.0 - float(dist)
             best_in_chunk.setdefault(str(doc.metadata["chunk_id"]), 1.0 - float(dist))
-        return sims, best_in_chunk
+        return best_in_chunk
 
     def _lexical(self, query: str) -> list[str]:
         tokens = tokenize(query)
@@ -368,7 +201,7 @@ class HybridRetriever(BaseRetriever):
         expanded = self.expander.expand(question)
         vector = self.store.embeddings.embed_query(expanded)
         dense_ids, chunk_sims = self._dense_chunks(vector)
-        sent_sims, best_sentence = self._dense_sentences(vector)
+        best_sentence = self._dense_sentences(vector)
         lexical_ids = self._lexical(expanded)
         fused = rrf(
             [dense_ids, list(best_sentence), lexical_ids], self.settings.rrf_k, self.settings.rrf_weights
@@ -384,7 +217,18 @@ class HybridRetriever(BaseRetriever):
             for rank, (cid, score) in enumerate(top)
             if cid in self.chunks
         ]
-        return Retrieval(question, expanded, np.asarray(vector, dtype=np.float32), passages, sent_sims)
+        query_vector = np.asarray(vector, dtype=np.float32)
+        sentences = {s.sentence_id: s for p in passages for s in p.chunk.sentences}
+        vectors = self.sentence_vectors(list(sentences))
+        best = max(
+            (
+                float(np.dot(vectors[sid], query_vector))
+                for sid, s in sentences.items()
+                if sid in vectors and len(set(tokenize(s.text))) >= MIN_CONTENT_TERMS
+            ),
+            default=0.0,
+        )
+        return Retrieval(question, expanded, query_vector, passages, vectors, best)
 
     def term_weight(self, term: str) -> float:
         """How specific a (tokenized) term is in this corpus: its BM25 IDF, 0 if unseen."""

@@ -98,6 +98,25 @@ class Status(StrEnum):
     INVALID_INPUT = "invalid_input"
 
 
+class Reason(BaseModel):
+    """Why an answer got its status: a rule or concept id, the layer that fired, a score."""
+
+    id: str = Field(description="Rule or concept id, e.g. 'urgent.anaphylaxis' or 'scope.unknown_term'.")
+    layer: str = Field(description="What decided: input, pattern, semantic, scope, retrieval, injection…")
+    score: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The kind of answer to give, and why (``policy.decide``)."""
+
+    status: Status
+    reasons: tuple[Reason, ...]
+    unknown_terms: tuple[str, ...] = ()
+    injection: bool = False
+
+
 class Citation(BaseModel):
     """One ``[n]`` of an answer: the quoted sentence(s) and the passage they come from."""
 
@@ -113,7 +132,7 @@ class Citation(BaseModel):
 
 
 class Answer(BaseModel):
-    """What every entry point returns; serialises to the JSON contract in docs/design."""
+    """What every entry point returns; serialises to the JSON contract in docs/design.md."""
 
     status: Status
     answer: str
@@ -122,6 +141,7 @@ class Answer(BaseModel):
     question: str
     standalone_question: str
     engine: str
+    reasons: list[Reason] = Field(default_factory=list, description="Why the answer got its status.")
     timings_ms: dict[str, float] = Field(default_factory=dict)
     answer_id: str = ""
 

@@ -22,8 +22,8 @@ from ivig_qa import __version__
 from ivig_qa.assistant import Assistant
 from ivig_qa.corpus import load_corpus
 from ivig_qa.feedback import FeedbackStore
-from ivig_qa.guardrails import DISCLAIMER
-from ivig_qa.server import BackgroundServer, TokenBucketLimiter, create_app, progress_logger
+from ivig_qa.policy.wording import DISCLAIMER
+from ivig_qa.web.app import BackgroundServer, TokenBucketLimiter, create_app, progress_logger
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Status
 
@@ -342,7 +342,7 @@ def test_question_text_is_logged_only_when_enabled(
     r = client.post(f"{api}/api/ask", json={"question": private})
     assert r.status_code == 200
     assert private not in caplog.text
-    ours = [rec for rec in caplog.records if rec.name == "ivig_qa.server"]
+    ours = [rec for rec in caplog.records if rec.name == "ivig_qa.web.app"]
     assert any(getattr(rec, "request_id", None) == r.headers["x-request-id"] for rec in ours)
     caplog.clear()
     r = client.post(f"{locked}/api/ask", json={"question": private}, headers={"X-API-Key": API_KEY})
@@ -472,7 +472,7 @@ def test_chat_widget_and_pages_are_served_next_to_the_api(api: str, client: http
 
 
 def test_index_build_progress_is_logged_in_steps(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="ivig_qa.server")
+    caplog.set_level(logging.INFO, logger="ivig_qa.web.app")
     report = progress_logger(step_percent=25)
     for done in range(1, 81):
         report(done, 80, "ivig-lupus")

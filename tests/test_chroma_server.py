@@ -20,10 +20,10 @@ import pytest
 from typer.testing import CliRunner
 
 from ivig_qa.assistant import Assistant
-from ivig_qa.bench import AppServer, ChromaServer, settings_env, wait_until
+from ivig_qa.bench.runner import AppServer, ChromaServer, settings_env, wait_until
 from ivig_qa.cli import app
 from ivig_qa.index import IndexStore
-from ivig_qa.server import BackgroundServer, create_app
+from ivig_qa.web.app import BackgroundServer, create_app
 from ivig_qa.settings import Settings
 from ivig_qa.types import Status
 

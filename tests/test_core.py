@@ -14,7 +14,7 @@ from ivig_qa.assistant import Assistant
 from ivig_qa.chunking import ChunkerSettings, chunk_document, split_sentences
 from ivig_qa.cli import app
 from ivig_qa.corpus import load_corpus
-from ivig_qa.guardrails import DISCLAIMER
+from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.index import IndexStore
 from ivig_qa.settings import Settings
 from ivig_qa.types import Status

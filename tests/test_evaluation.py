@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ivig_qa.assistant import Assistant
 from ivig_qa.cli import app
-from ivig_qa.evaluation import (
+from ivig_qa.evaluation.runner import (
     REPORT_FILES,
     EvalSetError,
     Evidence,

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from ivig_qa import models
+from ivig_qa.engines.llm import models
 from ivig_qa.assistant import Assistant, make_engine
-from ivig_qa.evaluation import SUPPORT_CHECKERS, make_checker, split_statements
-from ivig_qa.guardrails import DISCLAIMER
-from ivig_qa.llm import (
+from ivig_qa.evaluation.runner import SUPPORT_CHECKERS, make_checker, split_statements
+from ivig_qa.policy.wording import DISCLAIMER
+from ivig_qa.engines.llm.engine import (
     LLMEngine,
     LLMSupportChecker,
     LLMUnavailableError,
@@ -442,7 +442,7 @@ def test_real_model_streams_tokens(real_assistant: Assistant) -> None:
 def test_fallback_chat_model_without_langchain_community(real_assistant: Assistant) -> None:
     from langchain_core.messages import HumanMessage
 
-    from ivig_qa.llm import LlamaCppChat, resolve_gguf
+    from ivig_qa.engines.llm.engine import LlamaCppChat, resolve_gguf
 
     chat = LlamaCppChat.load(
         model_path=str(resolve_gguf(real_assistant.settings)),
@@ -457,7 +457,7 @@ def test_fallback_chat_model_without_langchain_community(real_assistant: Assista
 
 def test_real_model_through_the_eval_with_the_model_judge(real_assistant: Assistant) -> None:
     """`ivig-qa eval --engine llm --checker llm` on two questions: ALCE scores and first-token time."""
-    from ivig_qa.evaluation import Evaluator, compute_metrics, load_documents, load_set
+    from ivig_qa.evaluation.runner import Evaluator, compute_metrics, load_documents, load_set
 
     documents = load_documents(real_assistant.settings.corpus_dir)
     items = load_set(Path(__file__).parent.parent / "eval" / "llm_questions.jsonl", documents)[:2]

@@ -1,21 +1,21 @@
-"""Stage 5: compose an answer from retrieved passages.
+"""The default answer engine: quotes source sentences verbatim, each with its ``[n]``.
 
-The default engine is *extractive*: it quotes source sentences verbatim, so every
-statement is faithful by construction, and groups them by source so a patient can see
-which source says what. Engines share one interface so an LLM engine can stand in.
+Every statement is faithful by construction; quotes are grouped by source so a patient can
+see which source says what.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
-from typing import Protocol
 
 import numpy as np
 
 from ivig_qa import data
-from ivig_qa.retrieval import HybridRetriever, Retrieval, tokenize
+from ivig_qa.engines.base import Composition
+from ivig_qa.retrieval import MIN_CONTENT_TERMS, HybridRetriever, Retrieval, tokenize
 from ivig_qa.settings import Settings
 from ivig_qa.types import Citation, ScoredPassage, Sentence
 
@@ -25,27 +25,6 @@ _ANAPHORIC = re.compile(
     r"may|furthermore|nevertheless|both|some)\b",
     re.IGNORECASE,
 )
-MIN_CONTENT_TERMS = 2
-
-
-@dataclass
-class Composition:
-    """What an engine returns: markdown with ``[n]`` markers and the citations behind them.
-
-    ``best_similarity`` (the closest source sentence to the question) tells the guardrails
-    whether the sources are anywhere near the question.
-    """
-
-    text: str
-    citations: list[Citation]
-    engine: str
-    best_similarity: float = 0.0
-
-
-class AnswerEngine(Protocol):
-    name: str
-
-    def compose(self, question: str, retrieval: Retrieval, limit: int | None = None) -> Composition: ...
 
 
 @dataclass(frozen=True)
@@ -105,7 +84,7 @@ class ExtractiveEngine:
         for passage in retrieval.passages:
             for sentence in passage.chunk.sentences:
                 owner.setdefault(sentence.sentence_id, (sentence, passage))
-        vectors = self.retriever.sentence_vectors(list(owner))
+        vectors = retrieval.sentence_vectors
         idf = self.retriever.bm25.idf
         wanted_types = asked_types(retrieval.query)
         asked = set(tokenize(retrieval.query))
@@ -191,10 +170,15 @@ class ExtractiveEngine:
 
     # -- composing ------------------------------------------------------------------------
     def compose(self, question: str, retrieval: Retrieval, limit: int | None = None) -> Composition:
-        ranked = self.candidates(question, retrieval)
-        composition = compose_quotes(self.select(ranked, limit), self.name)
-        composition.best_similarity = max((c.similarity for c in ranked), default=0.0)
-        return composition
+        return compose_quotes(self.select(self.candidates(question, retrieval), limit), self.name)
+
+    def stream_compose(
+        self, question: str, retrieval: Retrieval, limit: int | None = None
+    ) -> Iterator[str | Composition]:
+        """Quotes are ready at once: their lines, then the composition."""
+        composition = self.compose(question, retrieval, limit)
+        yield from composition.text.splitlines(keepends=True)
+        yield composition
 
 
 def _merge_spans(cands: list[Candidate]) -> list[tuple[int, int, Candidate]]:

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import gradio as gr
 
 from ivig_qa.feedback import FeedbackIn, FeedbackStore
-from ivig_qa.guardrails import DISCLAIMER
+from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Citation, Message, Status
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from ivig_qa.assistant import Assistant
-    from ivig_qa.server import TokenBucketLimiter
+    from ivig_qa.web.app import TokenBucketLimiter
 
 log = logging.getLogger(__name__)
 

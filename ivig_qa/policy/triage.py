@@ -18,7 +18,8 @@ from functools import cache
 from spellchecker import SpellChecker
 
 from ivig_qa import data
-from ivig_qa.retrieval import STOPWORDS, Vocabulary
+from ivig_qa.retrieval import Vocabulary
+from ivig_qa.text import STOPWORDS
 
 _WORD = re.compile(r"[a-z][a-z0-9'-]*[a-z0-9]|[a-z]")
 

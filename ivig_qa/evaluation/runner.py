@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich import box
 from rich.table import Table
 
-from ivig_qa.guardrails import DISCLAIMER
+from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.types import Answer, Citation
 
 if TYPE_CHECKING:
@@ -262,7 +262,7 @@ class VerbatimSupportChecker:
 
 def _llm_checker() -> SupportChecker:
     """The LLM engine's own verification (numbers, names, words, then the model's yes/no)."""
-    from ivig_qa.llm import LLMSupportChecker
+    from ivig_qa.engines.llm.engine import LLMSupportChecker
 
     return LLMSupportChecker.from_settings()
 

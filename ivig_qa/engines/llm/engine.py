@@ -35,9 +35,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ivig_qa.answer import Candidate, Composition, ExtractiveEngine, compose_quotes
 from ivig_qa.embeddings import ModelNotFoundError
-from ivig_qa.models import INSTALL_HINT
+from ivig_qa.engines.extractive import Candidate, Composition, ExtractiveEngine, compose_quotes
+from ivig_qa.engines.llm.models import INSTALL_HINT
 from ivig_qa.retrieval import Retrieval, tokenize
 from ivig_qa.settings import Settings
 from ivig_qa.types import Citation
@@ -153,7 +153,7 @@ def _openai_model(settings: Settings) -> LoadedModel:
 
 def resolve_gguf(settings: Settings) -> Any:
     """The GGUF to load: the configured file, or the packaged model joined and verified."""
-    from ivig_qa import models
+    from ivig_qa.engines.llm import models
 
     if settings.llm_model_path is not None:
         path = settings.llm_model_path.expanduser()

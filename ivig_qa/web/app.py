@@ -48,8 +48,8 @@ from starlette.types import Message as ASGIMessage
 from ivig_qa import __version__
 from ivig_qa.assistant import Assistant
 from ivig_qa.feedback import FeedbackIn, FeedbackStore, Rating
-from ivig_qa.guardrails import DISCLAIMER
 from ivig_qa.index import UNAVAILABLE_ERRORS, IndexUnavailableError, is_unavailable
+from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Message, SourceDocument
 
@@ -919,7 +919,7 @@ def create_app(
     app.include_router(api_fallback())
     app.include_router(page_routes(Jinja2Templates(directory=STATIC_DIR)))
     if settings.chat_ui or chat is not None:
-        from ivig_qa.chat_ui import build_chat_app, mount_chat
+        from ivig_qa.web.chat import build_chat_app, mount_chat
 
         blocks = chat or build_chat_app(
             lambda: state.assistant, settings, limiter=state.limiter, feedback=state.feedback

@@ -1,0 +1,43 @@
+"""The contract every answer engine meets: compose (and stream) cited text from a retrieval."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from ivig_qa.types import Citation
+
+if TYPE_CHECKING:
+    from ivig_qa.retrieval import Retrieval
+
+
+@dataclass
+class Composition:
+    """What an engine returns: markdown with ``[n]`` markers and the citations behind them.
+
+    ``generated`` says the text was written by a model (and verified) rather than quoted;
+    ``fallback_reason`` says why a generating engine answered with quotes instead;
+    ``timings`` are the engine's own stage timings (ms), merged into ``Answer.timings_ms``.
+    """
+
+    text: str
+    citations: list[Citation]
+    engine: str
+    generated: bool = False
+    fallback_reason: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class AnswerEngine(Protocol):
+    """An engine composes the answer body; policy, wording and the disclaimer stay outside it."""
+
+    name: str
+
+    def compose(self, question: str, retrieval: Retrieval, limit: int | None = None) -> Composition: ...
+
+    def stream_compose(
+        self, question: str, retrieval: Retrieval, limit: int | None = None
+    ) -> Iterator[str | Composition]:
+        """Yield text pieces as they are ready, then the final ``Composition`` last."""
+        ...
