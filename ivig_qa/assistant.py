@@ -13,26 +13,26 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from ivig_qa.conversation import condense
 from ivig_qa.engines.base import AnswerEngine, Composition
 from ivig_qa.engines.extractive import ExtractiveEngine
 from ivig_qa.index import BuildSummary, IndexStore, Manifest, Progress
-from ivig_qa.policy.triage import ScopeChecker, has_injection, is_personal, is_urgent, strip_injection
-from ivig_qa.policy.wording import (
+from ivig_qa.policy import (
     DISCLAIMER,
+    InputLimits,
     InvalidQuestion,
-    answered_text,
+    Thresholds,
+    check_history,
     clean_question,
-    not_in_sources_text,
-    personal_text,
-    plain_text,
-    urgent_text,
+    decide,
+    frame,
 )
+from ivig_qa.policy.scope import ScopeChecker
+from ivig_qa.policy.triage import strip_injection
 from ivig_qa.retrieval import HybridRetriever, Retrieval, lay_words
 from ivig_qa.settings import Settings
-from ivig_qa.types import Answer, Message, Status
+from ivig_qa.text import strip_markup
+from ivig_qa.types import Answer, Decision, Message, Reason, Status
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,6 @@ class _Timer:
         return {**self.marks, "total": round((time.perf_counter() - self.started) * 1000, 2)}
 
 
-_BODY = "\x00body\x00"  # stands for the sources' part when splitting a fixed answer shape
-
-
 def make_engine(retriever: HybridRetriever, settings: Settings) -> AnswerEngine:
     """The answer engine ``settings.engine`` names (the LLM one is imported only when asked for)."""
     if settings.engine == "llm":
@@ -79,8 +76,11 @@ class Assistant:
         self.store = store
         self.retriever = retriever
         self.engine: AnswerEngine = make_engine(retriever, settings)
-        self.scope = ScopeChecker(retriever.vocabulary)
-        self.lay_words = lay_words()
+        self.scope = ScopeChecker(retriever.vocabulary, lay_words())
+        self.limits = InputLimits(
+            settings.max_question_chars, settings.max_history_turns, settings.max_history_message_chars
+        )
+        self.thresholds = Thresholds(settings.min_support_score, settings.closest_passage_score)
 
     @classmethod
     def load(
@@ -122,102 +122,94 @@ class Assistant:
     # -- answering -------------------------------------------------------------------------
     def ask(self, question: str, history: HistoryLike | None = None) -> Answer:
         """Answer one user message (with the conversation so far) as an ``Answer``."""
-        *_, answer = self._run(question, history, streaming=False)
+        *_, answer = self._run(question, history)
         assert isinstance(answer, Answer)
         return answer
 
-    def _run(self, question: str, history: HistoryLike | None, streaming: bool) -> Iterator[str | Answer]:
-        """The whole flow; yields the engine's text pieces when streaming, then the ``Answer``."""
+    def _run(self, question: str, history: HistoryLike | None) -> Iterator[str | Answer]:
+        """The whole flow: yields the answer text piece by piece, then the ``Answer``."""
         timer = _Timer.start()
         try:
-            text = clean_question(question, self.settings.max_question_chars)
+            text = clean_question(question, self.limits.max_question_chars)
             turns = self._history(history)
         except InvalidQuestion as exc:
-            yield self._answer(Status.INVALID_INPUT, str(exc), question, "", timer)
+            reason = Reason(id="input.invalid", layer="input", detail=exc.field)
+            yield self._answer(Status.INVALID_INPUT, str(exc), question, "", timer, reasons=[reason])
             return
         t = timer.started
-        injection = has_injection(text)
-        words = self.retriever.vocabulary.normalise(plain_text(strip_injection(text)))
+        words = self.retriever.vocabulary.normalise(strip_markup(strip_injection(text)))
         standalone = condense(words, turns, self.retriever.term_weight)
         t = timer.lap("condense", t)
         retrieval = self.retriever.retrieve(standalone)
         t = timer.lap("retrieve", t)
-        urgent = is_urgent(text)
-        personal = not urgent and is_personal(text)
-        limit = 3 if urgent else None
-        stream_compose = getattr(self.engine, "stream_compose", None) if streaming else None
-        if stream_compose is None:
-            found = self.engine.compose(standalone, retrieval, limit=limit)
-        else:
-            if urgent:  # the urgent-care instructions come first, before any generated text
-                yield urgent_text(_BODY).split(_BODY)[0]
-            found = None
-            for piece in stream_compose(standalone, retrieval, limit=limit):
-                if isinstance(piece, Composition):
-                    found = piece
-                else:
-                    yield piece
-            assert found is not None
+        decision = decide(text, words, retrieval.best_similarity, self.scope, self.thresholds)
+        t = timer.lap("policy", t)
+        found: Composition | None = None
+        pieces: Iterator[str | Composition] = iter(())
+        if self._shows_quotes(decision, retrieval):
+            limit = 3 if decision.status == Status.URGENT_CARE else None
+            pieces = self.engine.stream_compose(standalone, retrieval, limit=limit)
+        titles = sorted(self.manifest.titles.values())
+        # The head goes out before the engine composes anything (the urgent-care instructions
+        # first of all); the final Answer's wording follows what the engine actually did.
+        shape = frame(decision, words, titles, generated=self.engine.generates)
+        yield shape.head
+        started_body = False
+        for piece in pieces:
+            if isinstance(piece, Composition):
+                found = piece
+                continue
+            if not started_body:
+                yield shape.body_lead
+                started_body = True
+            yield piece
+        body = found.text if found else ""
         t = timer.lap("compose", t)
-        timer.marks.update(found.timings)
-        status, body = self._shape(words, found, retrieval.best_similarity, urgent, personal, injection)
+        if found:
+            timer.marks.update(found.timings)
+        shape = frame(decision, words, titles, generated=bool(found and found.generated))
+        if shape.tail:
+            yield shape.tail
         timer.lap("guard", t)
-        citations = found.citations if status != Status.NOT_IN_SOURCES or found.text in body else []
-        yield self._answer(status, body, text, standalone, timer, citations, engine=found.engine)
+        yield self._answer(
+            decision.status,
+            shape.wrap(body),
+            text,
+            standalone,
+            timer,
+            found.citations if found else [],
+            engine=found.engine if found else None,
+            reasons=list(decision.reasons),
+        )
 
-    def _shape(
-        self, words: str, found: Composition, best: float, urgent: bool, personal: bool, injection: bool
-    ) -> tuple[Status, str]:
-        """Pick the status and wrap the quotes in that status's fixed wording."""
-        if urgent:
-            return Status.URGENT_CARE, urgent_text(found.text)
-        unknown = self.scope.unknown_subjects(words, self.lay_words)
-        relevant = found.citations and best >= self.settings.min_support_score
-        # "should I stop my <unlisted drug> before IVIG?" is still a decision for the care team;
-        # "which crypto should I buy?" (unknown subject, nothing close) is simply not covered.
-        if personal and (relevant or not unknown):
-            return Status.PERSONAL_ADVICE, personal_text(words, found.text)
-        if unknown or not relevant:
-            closest = found.text if best >= self.settings.closest_passage_score else ""
-            titles = sorted(self.manifest.titles.values())
-            return Status.NOT_IN_SOURCES, not_in_sources_text(unknown, closest, titles, injection)
-        return Status.ANSWERED, answered_text(found.text, generated=found.generated)
+    def _shows_quotes(self, decision: Decision, retrieval: Retrieval) -> bool:
+        """Quotes back every answer but an out-of-scope one with nothing close enough to show."""
+        if decision.status != Status.NOT_IN_SOURCES:
+            return True
+        return retrieval.best_similarity >= self.thresholds.closest_passage_score
 
     def _history(self, history: HistoryLike | None) -> list[Message]:
-        """Validated recent turns; a malformed turn is an input error, not a crash.
+        """Validated turns (``InvalidQuestion`` past a limit); user turns cleaned up.
 
         Earlier user messages get the same clean-up as the current one (markup, chat
         shorthand, typos), since their words become the follow-up's context.
         """
-        turns: list[Message] = []
-        for item in list(history or [])[-self.settings.max_history_turns :]:
-            try:
-                turn = item if isinstance(item, Message) else Message.model_validate(item)
-            except ValidationError as exc:
-                raise InvalidQuestion(
-                    "The conversation history is malformed: each turn needs a role "
-                    "('user' or 'assistant') and text content."
-                ) from exc
-            if turn.role == "user":
-                cleaned = self.retriever.vocabulary.normalise(plain_text(turn.content))
-                turn = Message(role="user", content=cleaned)
-            turns.append(turn)
-        return turns
+        return [
+            Message(role="user", content=self.retriever.vocabulary.normalise(strip_markup(t.content)))
+            if t.role == "user"
+            else t
+            for t in check_history(history, self.limits)
+        ]
 
     def stream(self, question: str, history: HistoryLike | None = None) -> Iterator[str | Answer]:
         """Yield the answer text piece by piece, then the final ``Answer``.
 
-        The extractive engine composes in one step, so pieces are its lines; an engine with
-        ``stream_compose`` (the LLM engine) yields tokens as they are generated. The last item
-        is always the ``Answer``, and it is authoritative: its text is the verified answer,
-        which may leave out generated sentences that were streamed before verification.
+        The fixed wording comes first (the urgent-care instructions before anything else),
+        then the engine's pieces (the extractive engine's lines; the LLM engine's tokens).
+        The last item is always the ``Answer``, and it is authoritative: its text is the
+        verified answer, which may leave out generated sentences streamed before verification.
         """
-        if getattr(self.engine, "stream_compose", None) is not None:
-            yield from self._run(question, history, streaming=True)
-            return
-        answer = self.ask(question, history)
-        yield from answer.answer.splitlines(keepends=True)
-        yield answer
+        yield from self._run(question, history)
 
     def retrieve(self, question: str) -> Retrieval:
         """Retrieval only (used by the evaluation to score recall@k)."""
@@ -232,6 +224,7 @@ class Assistant:
         timer: _Timer,
         citations: list | None = None,
         engine: str | None = None,
+        reasons: list[Reason] | None = None,
     ) -> Answer:
         return Answer(
             status=status,
@@ -241,6 +234,7 @@ class Assistant:
             question=question if isinstance(question, str) else "",
             standalone_question=standalone,
             engine=engine or self.engine.name,
+            reasons=reasons or [],
             timings_ms=timer.total(),
             answer_id=uuid.uuid4().hex,
         )

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from functools import cache
 
+from ivig_qa import data
 from ivig_qa.text import tokenize
 from ivig_qa.types import Message
 
@@ -25,26 +27,14 @@ _REFERS_BACK = re.compile(
     r"\b(it|its|that|this|they|them|their|those|these|there|one|ones|he|she|his|her|same|then)\b",
     re.IGNORECASE,
 )
-# Topic words: who or what a question is about. A follow-up naming one of these replaces
-# the earlier topic instead of adding to it.
-TOPICS = {
-    "lupus": "lupus sle",
-    "spasms": "infantile spasms infant infants baby babies epilepsy",
-    "mecfs": "me/cfs cfs chronic fatigue",
-    "fibromyalgia": "fibromyalgia fibro fm",
-    "pots": "pots postural orthostatic tachycardia dysautonomia",
-    "sfpn": "sfpn sfn small fiber neuropathy polyneuropathy",
-    "pain": "crps complex regional pain chronic pain neuropathic",
-    "polio": "post-polio polio",
-    "pregnancy": "pregnancy pregnant expecting",
-    "nursing": "nursing breastfeeding breast-feeding breastfeed",
-    "older": "older elderly seniors",
-    "surgery": "surgery operation",
-    "iga": "iga deficiency deficient",
-    "vaccines": "vaccine vaccines shot shots jab jabs vaccination vaccinations",
-    "children": "children child kids kid",
-}
-_TOPIC_TERMS = {name: set(tokenize(words)) for name, words in TOPICS.items()}
+
+
+@cache
+def _topic_terms() -> dict[str, set[str]]:
+    """Topic name → its words (``data/topics.toml``)."""
+    return {name: set(tokenize(words)) for name, words in data.load("topics.toml")["topics"].items()}
+
+
 MAX_STANDALONE_CONTEXT_TERMS = 5
 _FOLLOW_UP_MARK = re.compile(r"\(follow-up to: ([^)]*)\)")
 SHORT_QUESTION_TERMS = 3
@@ -52,7 +42,7 @@ SHORT_QUESTION_TERMS = 3
 
 def topics_of(text: str) -> set[str]:
     terms = set(tokenize(text))
-    return {name for name, words in _TOPIC_TERMS.items() if terms & words}
+    return {name for name, words in _topic_terms().items() if terms & words}
 
 
 def is_follow_up(message: str) -> bool:
@@ -71,7 +61,7 @@ def _context_terms(previous: str, drop_topics: set[str], weight: Callable[[str],
     Only the few rarest words carry on (by ``weight``, the index's IDF): generic words
     from the earlier question would otherwise drown what the follow-up asks.
     """
-    drop = set().union(*(_TOPIC_TERMS[t] for t in drop_topics)) if drop_topics else set()
+    drop = set().union(*(_topic_terms()[t] for t in drop_topics)) if drop_topics else set()
     words = re.findall(r"[\w/'-]+", _FOLLOW_UP_MARK.sub(r" \1 ", previous))
     kept = list(dict.fromkeys(w for w in words if tokenize(w) and not (set(tokenize(w)) & drop)))
     top = set(sorted(kept, key=lambda w: -max(weight(t) for t in tokenize(w)))[:MAX_STANDALONE_CONTEXT_TERMS])

@@ -33,6 +33,8 @@ class AnswerEngine(Protocol):
     """An engine composes the answer body; policy, wording and the disclaimer stay outside it."""
 
     name: str
+    generates: bool
+    """True when the engine writes text (which is then verified) rather than quoting."""
 
     def compose(self, question: str, retrieval: Retrieval, limit: int | None = None) -> Composition: ...
 

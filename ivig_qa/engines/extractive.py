@@ -72,6 +72,7 @@ class ExtractiveEngine:
     """Selects the best-supported source sentences and stitches them into a cited answer."""
 
     name = "extractive"
+    generates = False
 
     def __init__(self, retriever: HybridRetriever, settings: Settings) -> None:
         self.retriever = retriever

@@ -1,10 +1,9 @@
-"""Triage: decide what kind of message this is before (and after) retrieval.
+"""Triage rules: is the message an emergency, a request for a personal decision, or an injection?
 
 * urgent — a red-flag symptom someone is having: the answer starts with what to do now;
 * personal — the user asks what they (or someone in their care) should do: the sources
   are shared, the decision is left to the care team;
-* out of scope — the question's specific subject (a disease, drug, brand, unit) does not
-  appear in the sources, or nothing in them is close to the question.
+* injection — a request to change the assistant's rules: ignored, and noted.
 
 Rules live in ``data/triage.toml`` so clinicians can review them without reading code.
 """
@@ -15,19 +14,8 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from spellchecker import SpellChecker
-
 from ivig_qa import data
-from ivig_qa.retrieval import Vocabulary
-from ivig_qa.text import STOPWORDS
-
-_WORD = re.compile(r"[a-z][a-z0-9'-]*[a-z0-9]|[a-z]")
-
-
-def normalise(text: str) -> str:
-    """Lower case, straight apostrophes, single spaces: what the patterns are written for."""
-    text = text.lower().replace("’", "'").replace("‘", "'")
-    return re.sub(r"\s+", " ", text).strip()
+from ivig_qa.text import collapse_space, fold
 
 
 def _compile(patterns: list[str]) -> list[re.Pattern[str]]:
@@ -71,27 +59,34 @@ def _any(patterns: list[re.Pattern[str]], text: str) -> bool:
     return any(p.search(text) for p in patterns)
 
 
-def is_urgent(message: str) -> bool:
-    """A red flag, unless the message is plainly a general question about side effects."""
-    text = normalise(message)
+def urgent_rule(message: str) -> str | None:
+    """The id of the red flag the message describes, unless it is plainly a general question
+    about side effects (a red flag and no sign of experiencing it, in a question's form)."""
+    text = fold(message)
     rules = Rules.load()
-    if not _any(rules.red_flags, text):
-        return False
-    experiencing = _any(rules.experiencing, text)
-    informational = _any(rules.informational, text)
-    return experiencing or not informational
+    hit = next((i for i, p in enumerate(rules.red_flags) if p.search(text)), None)
+    if hit is None:
+        return None
+    if not _any(rules.experiencing, text) and _any(rules.informational, text):
+        return None
+    return f"urgent.red_flag.{hit}"
+
+
+def is_urgent(message: str) -> bool:
+    """A red flag someone is having (see ``urgent_rule``)."""
+    return urgent_rule(message) is not None
 
 
 def is_personal(message: str) -> bool:
     """Asks for a decision about the writer or someone in their care."""
-    text = normalise(message)
+    text = fold(message)
     rules = Rules.load()
     return _any(rules.subject, text) and _any(rules.decision, text)
 
 
 def has_injection(message: str) -> bool:
     """Asks to change the assistant's rules; the rest of the message is still answered."""
-    return _any(Rules.load().injection, normalise(message))
+    return _any(Rules.load().injection, fold(message))
 
 
 def strip_injection(message: str) -> str:
@@ -99,71 +94,4 @@ def strip_injection(message: str) -> str:
     text = message
     for pattern in Rules.load().injection:
         text = pattern.sub(" ", text)
-    return re.sub(r"\s+", " ", text).strip()
-
-
-LONG_MESSAGE_SENTENCES = 4
-
-
-def question_part(message: str) -> str:
-    """What a long message actually asks: its questions, or else its last two sentences.
-
-    Patients often tell their story first; the drugs and places in the story are context,
-    not the subject of the question.
-    """
-    sentences = [s for s in re.split(r"(?<=[.!?])\s+", message.strip()) if s]
-    if len(sentences) <= LONG_MESSAGE_SENTENCES:
-        return message
-    asked = [s for s in sentences if s.rstrip().endswith("?")]
-    return " ".join(asked or sentences[-2:])
-
-
-@cache
-def _english() -> SpellChecker:
-    return SpellChecker(distance=1)
-
-
-class ScopeChecker:
-    """Finds the words of a question that name a subject the sources never mention."""
-
-    def __init__(self, vocabulary: Vocabulary) -> None:
-        self.vocabulary = vocabulary
-        self.rules = Rules.load()
-
-    def _covered(self, word: str) -> bool:
-        return (
-            word in self.vocabulary
-            or self.vocabulary.closest(word) is not None
-            or self.vocabulary.has_prefix_of(word)
-        )
-
-    def _common(self, word: str) -> bool:
-        return _english().word_frequency[word] >= self.rules.common_min_count
-
-    def unknown_subjects(self, question: str, lay_terms: frozenset[str] = frozenset()) -> list[str]:
-        """Rare words not in the sources, and quantity units the sources never use."""
-        text = normalise(question_part(question))
-        unknown: list[str] = []
-        words = [p for w in _WORD.findall(text) for p in re.split(r"-|'s?\b", w) if p]
-        for bare in dict.fromkeys(words):
-            if (
-                len(bare) < 3
-                or bare in STOPWORDS
-                or bare in self.rules.chat_words
-                or bare in lay_terms
-                or bare.isdigit()
-                or self._covered(bare)
-                or (self._common(bare) and bare not in self.rules.subject_words)
-            ):
-                continue
-            unknown.append(bare)
-        for m in self.rules.quantity.finditer(text):
-            unit = m.group(2)
-            if (
-                unit not in self.rules.quantity_skip
-                and unit not in self.rules.chat_words
-                and not self._covered(unit)
-                and unit not in unknown
-            ):
-                unknown.append(unit)
-        return unknown
+    return collapse_space(text)

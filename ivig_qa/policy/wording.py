@@ -1,15 +1,17 @@
-"""Stage 6: the rules around every answer — input checks, answer shapes, the disclaimer.
+"""The fixed wording around every answer shape, and the disclaimer.
 
 The disclaimer is a constant attached by code to every ``Answer`` of every status; no
-engine writes it and nothing a user types can remove it.
+engine writes it and nothing a user types can remove it. The reviewed texts of the
+answer shapes live in ``data/responses.toml``.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
+from dataclasses import dataclass
 
 from ivig_qa import data
+from ivig_qa.types import Decision, Status
 
 DISCLAIMER = (
     "This assistant shares general information from a small set of published sources about IVIG. "
@@ -19,58 +21,26 @@ DISCLAIMER = (
     "number now."
 )
 
-_ALLOWED_CONTROLS = {"\n", "\t", "\r"}
-
-
-_MARKUP = re.compile(
-    r"<(script|style)\b.*?(</\1\s*>|$)|<[^>]*>|\]\([^)]*\)|\b(?:https?|javascript|data):\S*",
-    re.IGNORECASE | re.DOTALL,
-)
-
-
-def plain_text(question: str) -> str:
-    """The words of a question without HTML tags, link targets or URLs.
-
-    Markup in a question is shown back as text (escaped) wherever it is displayed, but it
-    is not part of what the user asks, so retrieval and triage look past it.
-    """
-    return re.sub(r"\s+", " ", _MARKUP.sub(" ", question).replace("[", " ")).strip()
-
-
-class InvalidQuestion(ValueError):
-    """The question cannot be answered as given; the message is shown to the user."""
-
-
-def clean_question(raw: object, max_chars: int) -> str:
-    """Return the question ready for the pipeline, or raise ``InvalidQuestion``.
-
-    Rejects what is not a question at all (empty, binary, control characters) and what
-    is too long to be a question, with a message a patient understands.
-    """
-    if not isinstance(raw, str):
-        raise InvalidQuestion("Please type your question as text.")
-    text = unicodedata.normalize("NFC", raw).strip()
-    if not text:
-        raise InvalidQuestion("Please type a question, for example: “How often is IVIG given?”")
-    if any(
-        (unicodedata.category(ch) in ("Cc", "Cs", "Co") and ch not in _ALLOWED_CONTROLS) or ch == "\ufffd"
-        for ch in text
-    ):
-        raise InvalidQuestion(
-            "Your message contains characters that are not readable text (binary or control "
-            "characters). Please type your question in plain words."
-        )
-    if len(text) > max_chars:
-        raise InvalidQuestion(
-            f"Your message is {len(text):,} characters long; the limit is {max_chars:,}. "
-            "Please shorten it to the question you would like answered."
-        )
-    return text
-
 
 def responses() -> dict:
     """The reviewed wording of each answer shape (``data/responses.toml``)."""
     return data.load("responses.toml")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The fixed text around the sources' part of an answer.
+
+    The answer reads ``head + (body_lead + body if body else "") + tail``, so a streamed
+    answer can send ``head`` before the engine has composed anything.
+    """
+
+    head: str
+    body_lead: str = "\n"
+    tail: str = ""
+
+    def wrap(self, body: str) -> str:
+        return self.head + (self.body_lead + body if body else "") + self.tail
 
 
 def care_team_questions(message: str) -> list[str]:
@@ -84,33 +54,23 @@ def care_team_questions(message: str) -> list[str]:
     return picked + responses()["general"]["questions"]
 
 
-def urgent_text(body: str) -> str:
+def frame(decision: Decision, message: str, titles: list[str], generated: bool = False) -> Frame:
+    """The wording for ``decision``'s status (``message`` picks the care-team questions)."""
     r = responses()
-    return r["urgent"] + (f"\n\n{r['urgent_sources']}\n{body}" if body else "")
-
-
-def personal_text(message: str, body: str) -> str:
-    r = responses()
-    asks = "\n".join(f"- {q}" for q in care_team_questions(message))
-    sources = f"\n\n{body}" if body else ""
-    return f"{r['personal']}{sources}\n\n{r['personal_ask']}\n{asks}"
-
-
-def answered_text(body: str, generated: bool = False) -> str:
-    """The sources' answer under a lead that says honestly whether it is quoted or generated."""
-    return f"{responses()['answered_generated' if generated else 'answered']}\n{body}"
-
-
-def not_in_sources_text(unknown_terms: list[str], body: str, titles: list[str], injection: bool) -> str:
-    """Say so plainly, show the closest passage when there is one, list what is covered."""
-    r = responses()
-    if unknown_terms:
-        # The terms are letters and digits only (see triage._WORD), so echoing them is safe.
-        head = r["not_in_sources_terms"].format(terms=", ".join(f"“{t}”" for t in unknown_terms))
-    else:
-        head = r["not_in_sources"]
-    parts = [r["injection"], head] if injection else [head]
-    if body:
-        parts.append(f"{r['closest']}\n{body}")
-    parts.append(r["can_help"] + "\n" + "\n".join(f"- {t}" for t in titles))
-    return "\n\n".join(parts)
+    if decision.status == Status.URGENT_CARE:
+        return Frame(r["urgent"], f"\n\n{r['urgent_sources']}\n")
+    if decision.status == Status.PERSONAL_ADVICE:
+        asks = "\n".join(f"- {q}" for q in care_team_questions(message))
+        return Frame(r["personal"], "\n\n", f"\n\n{r['personal_ask']}\n{asks}")
+    if decision.status == Status.NOT_IN_SOURCES:
+        if decision.unknown_terms:
+            # The terms are letters and digits only (see text.WORD), so echoing them is safe.
+            terms = ", ".join(f"“{t}”" for t in decision.unknown_terms)
+            head = r["not_in_sources_terms"].format(terms=terms)
+        else:
+            head = r["not_in_sources"]
+        if decision.injection:
+            head = f"{r['injection']}\n\n{head}"
+        covered = r["can_help"] + "\n" + "\n".join(f"- {t}" for t in titles)
+        return Frame(head, f"\n\n{r['closest']}\n", f"\n\n{covered}")
+    return Frame(r["answered_generated" if generated else "answered"])
