@@ -17,6 +17,7 @@ from typing import Protocol
 from pydantic import BaseModel, Field
 
 from ivig_qa.evaluation.dataset import Evidence, TextRange
+from ivig_qa.text import answer_sentences, collapse_space, markers
 from ivig_qa.types import Answer, Citation
 
 
@@ -28,12 +29,9 @@ class SupportChecker(Protocol):
     def supports(self, statement: str, passages: list[str]) -> bool: ...
 
 
-_WORD = re.compile(r"[a-z0-9]+(?:[.,/'][a-z0-9]+)*")
-
-
-def normalise_space(text: str) -> str:
-    """Collapse all whitespace (NBSP included) so line wrapping never decides support."""
-    return " ".join(text.split())
+# Not text.TOKEN: commas and apostrophes stay inside a term ("1,000", "don't"), no stop words
+# or stems, so "1,000" never matches a passage that only says "1" and "000".
+_OVERLAP_TERM = re.compile(r"[a-z0-9]+(?:[.,/'][a-z0-9]+)*")
 
 
 class VerbatimSupportChecker:
@@ -49,14 +47,14 @@ class VerbatimSupportChecker:
         self.min_overlap = min_overlap
 
     def supports(self, statement: str, passages: list[str]) -> bool:
-        claim = normalise_space(statement)
-        source = normalise_space(" ".join(passages))
+        claim = collapse_space(statement)
+        source = collapse_space(" ".join(passages))
         if not claim or not source:
             return False
         if claim in source:
             return True
-        tokens = _WORD.findall(claim.lower())
-        known = set(_WORD.findall(source.lower()))
+        tokens = _OVERLAP_TERM.findall(claim.lower())
+        known = set(_OVERLAP_TERM.findall(source.lower()))
         return bool(tokens) and sum(t in known for t in tokens) / len(tokens) >= self.min_overlap
 
 
@@ -81,10 +79,10 @@ def make_checker(name: str) -> SupportChecker:
         raise ValueError(f"unknown support checker {name!r} (known: {', '.join(SUPPORT_CHECKERS)})") from None
 
 
-_MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+# Exactly the markers text.markers counts (not text.CITE, which also takes "[ 1 ]" and "[1; 2]"),
+# so a statement loses from its text only the markers it is credited with.
 _STRIP_MARKER = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
 _BULLET = re.compile(r"^\s*(?:[-*•+]|\d+[.)])\s+")
-_SENTENCE_END = re.compile(r"[.!?][\"”’)]*(?:\s*\[\d+(?:\s*,\s*\d+)*\])*(?=\s+[A-Z0-9\"“(])")
 
 
 @dataclass(frozen=True)
@@ -93,21 +91,6 @@ class Statement:
 
     text: str
     cites: tuple[int, ...]
-
-
-def markers(text: str) -> list[int]:
-    """Every citation number referenced in a text, in order (``[1]``, ``[1, 2]``)."""
-    return [int(n) for group in _MARKER.findall(text) for n in group.split(",")]
-
-
-def _sentences(line: str) -> list[str]:
-    """Split prose at sentence ends, keeping a marker after the full stop with its sentence."""
-    parts, last = [], 0
-    for m in _SENTENCE_END.finditer(line):
-        parts.append(line[last : m.end()])
-        last = m.end()
-    parts.append(line[last:])
-    return [p.strip() for p in parts if p.strip()]
 
 
 def _is_framing(unit: str) -> bool:
@@ -124,10 +107,10 @@ def split_statements(answer_text: str) -> tuple[list[Statement], int]:
         if not line.strip():
             continue
         bullet = _BULLET.match(line)
-        units = [line[bullet.end() :]] if bullet else _sentences(line)
+        units = [line[bullet.end() :]] if bullet else answer_sentences(line)
         for unit in units:
             cites = tuple(markers(unit))
-            clean = normalise_space(_STRIP_MARKER.sub("", unit).replace("**", ""))
+            clean = collapse_space(_STRIP_MARKER.sub("", unit).replace("**", ""))
             if cites:
                 statements.append(Statement(clean, cites))
             elif clean and not _is_framing(unit):
@@ -201,8 +184,8 @@ def evidence_cited(evidence: Evidence, citations: Sequence[Citation]) -> bool:
 
 def key_facts(groups: Sequence[Sequence[str]], text: str) -> list[bool]:
     """Each group is satisfied when any alternative appears (case- and spacing-insensitive)."""
-    hay = normalise_space(text).casefold()
-    return [any(normalise_space(alt).casefold() in hay for alt in group) for group in groups]
+    hay = collapse_space(text).casefold()
+    return [any(collapse_space(alt).casefold() in hay for alt in group) for group in groups]
 
 
 def marker_problems(answer: Answer) -> list[str]:

@@ -35,13 +35,12 @@ from ivig_qa.evaluation.checks import (
     judge_statement,
     key_facts,
     marker_problems,
-    markers,
-    normalise_space,
     split_statements,
     unescaped_markup,
 )
 from ivig_qa.evaluation.dataset import CATEGORIES, EvalItem, Evidence, SetItem, TextRange
 from ivig_qa.policy.wording import DISCLAIMER
+from ivig_qa.text import collapse_space, markers
 from ivig_qa.types import Answer, Citation
 
 if TYPE_CHECKING:
@@ -238,7 +237,7 @@ def compute_metrics(records: Sequence[QuestionRecord]) -> Metrics:
 # Running a set
 # ---------------------------------------------------------------------------------------
 def _short(text: str, limit: int = 70) -> str:
-    text = normalise_space(text)
+    text = collapse_space(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
