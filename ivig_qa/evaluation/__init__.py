@@ -20,13 +20,13 @@ The report is written as Markdown (for people), JSON (for machines) and a PNG ch
 Modules, one job each: ``dataset`` (the set: schema, loading, validation, evidence location),
 ``checks`` (support checkers and per-answer checks), ``baseline`` (the LangChain-tutorial
 retriever), ``runner`` (asking, scoring, metrics, thresholds), ``report`` (writing the report).
+The names below are the ones ``ivig-qa eval`` (cli.py) and the tests use.
 """
 
 from ivig_qa.evaluation.baseline import BaselineRetriever
 from ivig_qa.evaluation.checks import (
     SUPPORT_CHECKERS,
     Statement,
-    SupportChecker,
     VerbatimSupportChecker,
     evidence_found,
     judge_statement,
@@ -35,19 +35,15 @@ from ivig_qa.evaluation.checks import (
     unescaped_markup,
 )
 from ivig_qa.evaluation.dataset import (
-    EvalItem,
     EvalSetError,
     Evidence,
-    SetItem,
     TextRange,
     load_documents,
     load_set,
 )
 from ivig_qa.evaluation.report import REPORT_FILES, summary_tables, write_report
 from ivig_qa.evaluation.runner import (
-    EvalReport,
     Evaluator,
-    Metrics,
     compute_metrics,
     missed_thresholds,
     parse_threshold,
@@ -58,15 +54,10 @@ __all__ = [
     "REPORT_FILES",
     "SUPPORT_CHECKERS",
     "BaselineRetriever",
-    "EvalItem",
-    "EvalReport",
     "EvalSetError",
     "Evaluator",
     "Evidence",
-    "Metrics",
-    "SetItem",
     "Statement",
-    "SupportChecker",
     "TextRange",
     "VerbatimSupportChecker",
     "compute_metrics",
