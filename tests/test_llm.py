@@ -17,10 +17,8 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from ivig_qa.engines.llm import models
 from ivig_qa.assistant import Assistant, make_engine
-from ivig_qa.evaluation.checks import SUPPORT_CHECKERS, make_checker, split_statements
-from ivig_qa.policy.wording import DISCLAIMER
+from ivig_qa.engines.llm import models
 from ivig_qa.engines.llm.engine import (
     LLMEngine,
     LLMSupportChecker,
@@ -32,6 +30,8 @@ from ivig_qa.engines.llm.engine import (
     numbers,
     split_generated,
 )
+from ivig_qa.evaluation.checks import SUPPORT_CHECKERS, make_checker, split_statements
+from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Status
 
