@@ -207,8 +207,8 @@ def eval_command(
     config: ConfigOpt = None,
 ) -> None:
     """Score a question set through the real assistant: retrieval, citations, statuses, integrity."""
+    from ivig_qa import evaluation as ev
     from ivig_qa.corpus import CorpusError
-    from ivig_qa.evaluation import runner as ev
 
     try:
         thresholds = [ev.parse_threshold(spec) for spec in fail_under or []]

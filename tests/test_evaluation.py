@@ -10,24 +10,18 @@ from typer.testing import CliRunner
 
 from ivig_qa.assistant import Assistant
 from ivig_qa.cli import app
-from ivig_qa.evaluation.runner import (
-    REPORT_FILES,
-    EvalSetError,
-    Evidence,
+from ivig_qa.evaluation.checks import (
     Statement,
-    TextRange,
     VerbatimSupportChecker,
-    compute_metrics,
     evidence_found,
     judge_statement,
-    load_documents,
-    load_set,
     make_checker,
-    parse_threshold,
-    run_evaluation,
     split_statements,
     unescaped_markup,
 )
+from ivig_qa.evaluation.dataset import EvalSetError, Evidence, TextRange, load_documents, load_set
+from ivig_qa.evaluation.report import REPORT_FILES
+from ivig_qa.evaluation.runner import compute_metrics, parse_threshold, run_evaluation
 from ivig_qa.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,10 +17,8 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from ivig_qa.engines.llm import models
 from ivig_qa.assistant import Assistant, make_engine
-from ivig_qa.evaluation.runner import SUPPORT_CHECKERS, make_checker, split_statements
-from ivig_qa.policy.wording import DISCLAIMER
+from ivig_qa.engines.llm import models
 from ivig_qa.engines.llm.engine import (
     LLMEngine,
     LLMSupportChecker,
@@ -32,6 +30,8 @@ from ivig_qa.engines.llm.engine import (
     numbers,
     split_generated,
 )
+from ivig_qa.evaluation.checks import SUPPORT_CHECKERS, make_checker, split_statements
+from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Status
 
@@ -457,7 +457,8 @@ def test_fallback_chat_model_without_langchain_community(real_assistant: Assista
 
 def test_real_model_through_the_eval_with_the_model_judge(real_assistant: Assistant) -> None:
     """`ivig-qa eval --engine llm --checker llm` on two questions: ALCE scores and first-token time."""
-    from ivig_qa.evaluation.runner import Evaluator, compute_metrics, load_documents, load_set
+    from ivig_qa.evaluation.dataset import load_documents, load_set
+    from ivig_qa.evaluation.runner import Evaluator, compute_metrics
 
     documents = load_documents(real_assistant.settings.corpus_dir)
     items = load_set(Path(__file__).parent.parent / "eval" / "llm_questions.jsonl", documents)[:2]

@@ -1,57 +1,51 @@
-"""Evaluation: run a question set through the real ``Assistant`` and score what it says.
+"""Running a set: ask every item through the real ``Assistant``, score it, aggregate, check thresholds.
 
-An operator has to show that every answer says only what its sources say, cites the right
-passages and handles the questions it must not answer. This module loads a JSONL question
-set (validated up front, so a bad line is reported with its line number before anything
-runs), asks every question through the same ``Assistant.ask`` the app uses, and measures:
-
-* retrieval evidence recall@k and cited evidence recall, matched by *location*: each gold
-  evidence string is located in its document's original text and counts as found when the
-  retrieved chunks (or the cited quotes) cover at least half of its characters;
-* ALCE-style citation recall and precision (Gao et al., 2023) behind a ``SupportChecker``;
-* key-fact coverage, status accuracy (with false refusals and missed emergencies apart);
-* integrity checks: the fixed disclaimer, quotes verbatim at their offsets, ``[n]`` markers
-  that resolve, no unescaped markup echoed from an adversarial question;
-* latency (median and p95 of ``timings_ms["total"]``);
-* optionally the retrieval recall of the LangChain RAG-tutorial pipeline, as a baseline.
-
-The report is written as Markdown (for people), JSON (for machines) and a PNG chart.
+Every question goes through the same ``Assistant.ask`` the app uses (earlier turns first, the
+history built as the app builds it). Each answer becomes a ``QuestionRecord`` (the checks in
+``checks``), the records are aggregated into ``Metrics`` overall and per category (status
+accuracy with false refusals and missed emergencies apart, recall, ALCE citation scores, key
+facts, integrity, latency median and p95), and ``--fail-under`` thresholds are checked on them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import re
 import statistics
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from rich import box
-from rich.table import Table
+from pydantic import BaseModel, Field
 
+from ivig_qa.evaluation.baseline import (
+    BASELINE_CHUNK_OVERLAP,
+    BASELINE_CHUNK_SIZE,
+    SMALL_K,
+    BaselineRetriever,
+)
+from ivig_qa.evaluation.checks import (
+    StatementResult,
+    SupportChecker,
+    evidence_cited,
+    evidence_found,
+    has_markup,
+    judge_statement,
+    key_facts,
+    marker_problems,
+    split_statements,
+    unescaped_markup,
+)
+from ivig_qa.evaluation.dataset import CATEGORIES, EvalItem, Evidence, SetItem, TextRange
 from ivig_qa.policy.wording import DISCLAIMER
+from ivig_qa.text import collapse_space, markers
 from ivig_qa.types import Answer, Citation
 
 if TYPE_CHECKING:
-    from langchain_chroma import Chroma
-
     from ivig_qa.assistant import Assistant
     from ivig_qa.settings import Settings
-
-Category = Literal[
-    "factual", "multi_doc", "follow_up", "adversarial", "out_of_scope", "personal_advice", "emergency"
-]
-Expect = Literal["answer", "refuse_out_of_scope", "decline_personal_advice", "urgent_care"]
-CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
-EXPECTS: tuple[str, ...] = Expect.__args__  # type: ignore[attr-defined]
 
 EXPECTED_STATUS: dict[str, str] = {
     "answer": "answered",
@@ -60,440 +54,12 @@ EXPECTED_STATUS: dict[str, str] = {
     "urgent_care": "urgent_care",
 }
 REFUSAL_STATUSES = frozenset({"not_in_sources", "personal_advice"})
-SMALL_K = 4  # the baseline's top-k; ours is also reported at this k for a fair comparison
-BASELINE_CHUNK_SIZE = 1000
-BASELINE_CHUNK_OVERLAP = 200
 
 Progress = Callable[[int, int, str], None]
 
 
 # ---------------------------------------------------------------------------------------
-# The question set
-# ---------------------------------------------------------------------------------------
-class SetItem(BaseModel):
-    """One line of a question set (see docs/design.md); unknown keys are typos, so rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = Field(min_length=1)
-    category: Category
-    question: str
-    turns: list[str]
-    expected_docs: list[str]
-    evidence: list[str]
-    must_include: list[list[str]]
-    expect: Expect
-    reference_answer: str = ""
-
-
-@dataclass(frozen=True)
-class TextRange:
-    """A half-open character range in one document's original text."""
-
-    doc_id: str
-    start: int
-    end: int
-
-    def overlap(self, other: TextRange) -> int:
-        if self.doc_id != other.doc_id:
-            return 0
-        return max(0, min(self.end, other.end) - max(self.start, other.start))
-
-    def contains(self, other: TextRange) -> bool:
-        return self.doc_id == other.doc_id and self.start <= other.start and other.end <= self.end
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """A gold evidence string and every place it occurs in the item's expected documents."""
-
-    text: str
-    spans: tuple[TextRange, ...]
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    """A validated set item with its line number and its evidence located in the corpus."""
-
-    item: SetItem
-    line: int
-    evidence: tuple[Evidence, ...]
-
-
-class EvalSetError(Exception):
-    """The set cannot be evaluated; every message names the file and line."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
-
-
-def _describe(error: Mapping) -> str:
-    """A pydantic error as an operator reads it ("missing key 'id'", "unknown category …")."""
-    loc = ".".join(str(p) for p in error["loc"])
-    kind = error["type"]
-    if kind == "missing":
-        return f"missing key {loc!r}"
-    if kind == "extra_forbidden":
-        return f"unknown key {loc!r}"
-    if kind == "literal_error" and loc == "category":
-        return f"unknown category {error['input']!r} (expected one of: {', '.join(CATEGORIES)})"
-    if kind == "literal_error" and loc == "expect":
-        return f"unknown expect {error['input']!r} (expected one of: {', '.join(EXPECTS)})"
-    return f"{loc}: {error['msg']}"
-
-
-def locate(text: str, needle: str, doc_id: str) -> list[TextRange]:
-    """Every exact occurrence of ``needle`` (no whitespace or NBSP normalisation)."""
-    out: list[TextRange] = []
-    at = text.find(needle)
-    while needle and at >= 0:
-        out.append(TextRange(doc_id, at, at + len(needle)))
-        at = text.find(needle, at + 1)
-    return out
-
-
-def _check_item(item: SetItem, documents: Mapping[str, str]) -> tuple[list[str], tuple[Evidence, ...]]:
-    """Problems a schema cannot see: unknown documents, evidence not in them, empty follow-ups."""
-    problems = [
-        f"expected document {d!r} is not in the corpus" for d in item.expected_docs if d not in documents
-    ]
-    if item.category == "follow_up" and not item.turns:
-        problems.append("follow_up item has no earlier 'turns'")
-    if item.evidence and not item.expected_docs:
-        problems.append("evidence given but no expected_docs to find it in")
-    located: list[Evidence] = []
-    for text in item.evidence:
-        spans = [s for d in item.expected_docs if d in documents for s in locate(documents[d], text, d)]
-        if not spans:
-            short = text if len(text) <= 80 else text[:77] + "..."
-            problems.append(f"evidence not found verbatim in {item.expected_docs}: {short!r}")
-        located.append(Evidence(text, tuple(spans)))
-    return problems, tuple(located)
-
-
-def load_set(path: Path, documents: Mapping[str, str]) -> list[EvalItem]:
-    """Read and validate a JSONL set; raise ``EvalSetError`` listing every bad line."""
-    try:
-        lines = path.read_text("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalSetError([f"{path}: cannot read the question set ({exc})"]) from exc
-    errors: list[str] = []
-    items: list[EvalItem] = []
-    seen: dict[str, int] = {}
-    for no, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            errors.append(f"{path}:{no}: malformed JSON ({exc.msg} at column {exc.colno})")
-            continue
-        if not isinstance(data, dict):
-            errors.append(f"{path}:{no}: expected a JSON object, got {type(data).__name__}")
-            continue
-        try:
-            item = SetItem.model_validate(data)
-        except ValidationError as exc:
-            errors.extend(f"{path}:{no}: {_describe(e)}" for e in exc.errors())
-            continue
-        problems, evidence = _check_item(item, documents)
-        if item.id in seen:
-            problems.append(f"duplicate id {item.id!r} (first on line {seen[item.id]})")
-        seen.setdefault(item.id, no)
-        errors.extend(f"{path}:{no}: {p}" for p in problems)
-        items.append(EvalItem(item, no, evidence))
-    if not errors and not items:
-        errors.append(f"{path}: no questions in the set")
-    if errors:
-        raise EvalSetError(errors)
-    return items
-
-
-def load_documents(corpus_dir: Path) -> dict[str, str]:
-    """Original text of every corpus document by doc_id: the offsets citations point into."""
-    from ivig_qa.corpus import load_corpus
-
-    return {d.doc_id: d.text for d in load_corpus(corpus_dir).documents}
-
-
-# ---------------------------------------------------------------------------------------
-# Support checking (ALCE citation recall / precision)
-# ---------------------------------------------------------------------------------------
-class SupportChecker(Protocol):
-    """Decides whether passages support a statement (an NLI model or an LLM judge can too)."""
-
-    name: str
-
-    def supports(self, statement: str, passages: list[str]) -> bool: ...
-
-
-_WORD = re.compile(r"[a-z0-9]+(?:[.,/'][a-z0-9]+)*")
-
-
-def normalise_space(text: str) -> str:
-    """Collapse all whitespace (NBSP included) so line wrapping never decides support."""
-    return " ".join(text.split())
-
-
-class VerbatimSupportChecker:
-    """Supported when the statement is quoted from the passages (or nearly: token overlap).
-
-    Right for the extractive engine, whose statements are verbatim quotes; a paraphrasing
-    engine needs a model-based judge instead.
-    """
-
-    name = "verbatim"
-
-    def __init__(self, min_overlap: float = 0.9) -> None:
-        self.min_overlap = min_overlap
-
-    def supports(self, statement: str, passages: list[str]) -> bool:
-        claim = normalise_space(statement)
-        source = normalise_space(" ".join(passages))
-        if not claim or not source:
-            return False
-        if claim in source:
-            return True
-        tokens = _WORD.findall(claim.lower())
-        known = set(_WORD.findall(source.lower()))
-        return bool(tokens) and sum(t in known for t in tokens) / len(tokens) >= self.min_overlap
-
-
-def _llm_checker() -> SupportChecker:
-    """The LLM engine's own verification (numbers, names, words, then the model's yes/no)."""
-    from ivig_qa.engines.llm.engine import LLMSupportChecker
-
-    return LLMSupportChecker.from_settings()
-
-
-SUPPORT_CHECKERS: dict[str, Callable[[], SupportChecker]] = {
-    "verbatim": VerbatimSupportChecker,
-    "llm": _llm_checker,
-}
-
-
-def make_checker(name: str) -> SupportChecker:
-    """The support checker registered under ``name`` (ValueError lists the known ones)."""
-    try:
-        return SUPPORT_CHECKERS[name]()
-    except KeyError:
-        raise ValueError(f"unknown support checker {name!r} (known: {', '.join(SUPPORT_CHECKERS)})") from None
-
-
-_MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
-_STRIP_MARKER = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
-_BULLET = re.compile(r"^\s*(?:[-*•+]|\d+[.)])\s+")
-_SENTENCE_END = re.compile(r"[.!?][\"”’)]*(?:\s*\[\d+(?:\s*,\s*\d+)*\])*(?=\s+[A-Z0-9\"“(])")
-
-
-@dataclass(frozen=True)
-class Statement:
-    """One bullet or sentence of an answer with the citation numbers it carries."""
-
-    text: str
-    cites: tuple[int, ...]
-
-
-def markers(text: str) -> list[int]:
-    """Every citation number referenced in a text, in order (``[1]``, ``[1, 2]``)."""
-    return [int(n) for group in _MARKER.findall(text) for n in group.split(",")]
-
-
-def _sentences(line: str) -> list[str]:
-    """Split prose at sentence ends, keeping a marker after the full stop with its sentence."""
-    parts, last = [], 0
-    for m in _SENTENCE_END.finditer(line):
-        parts.append(line[last : m.end()])
-        last = m.end()
-    parts.append(line[last:])
-    return [p.strip() for p in parts if p.strip()]
-
-
-def _is_framing(unit: str) -> bool:
-    """Headings and lead-ins ("Here is what the sources say:") state nothing to support."""
-    bare = unit.strip()
-    return bare.startswith("#") or bare.endswith(":") or (bare.startswith("**") and bare.endswith("**"))
-
-
-def split_statements(answer_text: str) -> tuple[list[Statement], int]:
-    """The cited statements of an answer, and how many uncited sentences it also has."""
-    statements: list[Statement] = []
-    uncited = 0
-    for line in answer_text.splitlines():
-        if not line.strip():
-            continue
-        bullet = _BULLET.match(line)
-        units = [line[bullet.end() :]] if bullet else _sentences(line)
-        for unit in units:
-            cites = tuple(markers(unit))
-            clean = normalise_space(_STRIP_MARKER.sub("", unit).replace("**", ""))
-            if cites:
-                statements.append(Statement(clean, cites))
-            elif clean and not _is_framing(unit):
-                uncited += 1
-    return statements, uncited
-
-
-class StatementResult(BaseModel):
-    """ALCE judgement of one statement: supported by its citations, and which were needed."""
-
-    text: str
-    cites: list[int]
-    supported: bool
-    precise: list[bool] = Field(description="Per cite: counted as precise in ALCE's sense.")
-
-
-def judge_statement(
-    statement: Statement, by_n: Mapping[int, str], checker: SupportChecker
-) -> StatementResult:
-    """ALCE: recall = the cited passages jointly support it; a cite is imprecise when it
-    does not support the statement alone *and* the others still do without it."""
-    cites = list(statement.cites)
-    if not cites or any(n not in by_n for n in cites):
-        return StatementResult(
-            text=statement.text, cites=cites, supported=False, precise=[False] * len(cites)
-        )
-    supported = checker.supports(statement.text, [by_n[n] for n in cites])
-    if not supported:
-        return StatementResult(
-            text=statement.text, cites=cites, supported=False, precise=[False] * len(cites)
-        )
-    if len(cites) == 1:
-        return StatementResult(text=statement.text, cites=cites, supported=True, precise=[True])
-    precise = []
-    for n in cites:
-        alone = checker.supports(statement.text, [by_n[n]])
-        rest = [by_n[m] for m in cites if m != n]
-        precise.append(alone or not checker.supports(statement.text, rest))
-    return StatementResult(text=statement.text, cites=cites, supported=True, precise=precise)
-
-
-# ---------------------------------------------------------------------------------------
-# Per-question checks
-# ---------------------------------------------------------------------------------------
-def evidence_found(evidence: Evidence, ranges: Sequence[TextRange]) -> bool:
-    """Found when the ranges together cover at least half of one occurrence of the evidence."""
-    for span in evidence.spans:
-        covered = _covered_chars(span, ranges)
-        if covered * 2 >= span.end - span.start:
-            return True
-    return False
-
-
-def _covered_chars(span: TextRange, ranges: Iterable[TextRange]) -> int:
-    """Characters of ``span`` inside the union of ``ranges`` (overlapping chunks count once)."""
-    pieces = sorted((max(r.start, span.start), min(r.end, span.end)) for r in ranges if r.overlap(span) > 0)
-    total, reach = 0, span.start
-    for start, end in pieces:
-        start = max(start, reach)
-        if end > start:
-            total += end - start
-            reach = end
-    return total
-
-
-def evidence_cited(evidence: Evidence, citations: Sequence[Citation]) -> bool:
-    """Cited when the quotes cover half the evidence, or a quote lies inside the evidence."""
-    quotes = [TextRange(c.doc_id, c.start, c.end) for c in citations]
-    return evidence_found(evidence, quotes) or any(s.contains(q) for s in evidence.spans for q in quotes)
-
-
-def key_facts(groups: Sequence[Sequence[str]], text: str) -> list[bool]:
-    """Each group is satisfied when any alternative appears (case- and spacing-insensitive)."""
-    hay = normalise_space(text).casefold()
-    return [any(normalise_space(alt).casefold() in hay for alt in group) for group in groups]
-
-
-def marker_problems(answer: Answer) -> list[str]:
-    """Markers without a citation and citations no marker references."""
-    used = set(markers(answer.answer))
-    numbers = {c.n for c in answer.citations}
-    problems = [f"marker [{n}] has no citation" for n in sorted(used - numbers)]
-    problems += [f"citation [{n}] is never referenced" for n in sorted(numbers - used)]
-    return problems
-
-
-_TAG = re.compile(r"<\s*/?\s*([a-zA-Z][a-zA-Z0-9-]*)")
-_ALWAYS_FORBIDDEN = ("<script", "onerror=")
-
-
-def has_markup(question: str) -> bool:
-    """The question carries HTML, so an answer echoing it unescaped would be an XSS vector."""
-    return bool(_TAG.search(question)) or "onerror=" in question.lower()
-
-
-def unescaped_markup(question: str, answer_text: str) -> list[str]:
-    """Raw markup from the question (``<script``, ``onerror=``, its tags) found in the answer."""
-    needles = set(_ALWAYS_FORBIDDEN) | {f"<{tag.lower()}" for tag in _TAG.findall(question)}
-    low = answer_text.lower()
-    return sorted(n for n in needles if n in low)
-
-
-# ---------------------------------------------------------------------------------------
-# The baseline: the LangChain RAG tutorial's retrieval
-# ---------------------------------------------------------------------------------------
-class BaselineRetriever:
-    """What a newcomer builds from the LangChain RAG tutorial: 1000/200 character chunks of
-    the raw file texts, the same embedding model, an in-memory Chroma, similarity top-4."""
-
-    description = (
-        f"LangChain RAG tutorial: RecursiveCharacterTextSplitter({BASELINE_CHUNK_SIZE}/"
-        f"{BASELINE_CHUNK_OVERLAP}) over raw texts, same embeddings, ephemeral Chroma, top-{SMALL_K}, "
-        "queried with the question as typed (no follow-up rewriting)"
-    )
-
-    def __init__(self, store: Chroma, chunks: int, k: int = SMALL_K) -> None:
-        self.store = store
-        self.chunks = chunks
-        self.k = k
-
-    @classmethod
-    def build(
-        cls, documents: Mapping[str, str], embedding_model: str, batch_size: int = 64
-    ) -> BaselineRetriever:
-        """Split, embed and index the raw texts (the same cached model the index uses)."""
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
-        from langchain_chroma import Chroma
-        from langchain_text_splitters import RecursiveCharacterTextSplitter
-
-        from ivig_qa.embeddings import load_embeddings
-
-        splitter = RecursiveCharacterTextSplitter(
-            chunk_size=BASELINE_CHUNK_SIZE, chunk_overlap=BASELINE_CHUNK_OVERLAP, add_start_index=True
-        )
-        ids = sorted(documents)
-        splits = splitter.create_documents(
-            [documents[d] for d in ids], metadatas=[{"doc_id": d} for d in ids]
-        )
-        client = chromadb.EphemeralClient(settings=ChromaSettings(anonymized_telemetry=False))
-        store = Chroma(
-            client=client,
-            collection_name=f"eval-baseline-{uuid.uuid4().hex[:12]}",
-            embedding_function=load_embeddings(embedding_model, batch_size),
-        )
-        store.add_documents(splits)
-        return cls(store, len(splits))
-
-    def retrieve(self, question: str) -> list[TextRange]:
-        hits = self.store.similarity_search(question, k=self.k)
-        return [
-            TextRange(
-                h.metadata["doc_id"],
-                h.metadata["start_index"],
-                h.metadata["start_index"] + len(h.page_content),
-            )
-            for h in hits
-        ]
-
-    def close(self) -> None:
-        """Drop the temporary collection (the ephemeral client lives as long as the process)."""
-        self.store.delete_collection()
-
-
-# ---------------------------------------------------------------------------------------
-# Records, metrics and the report
+# Records and metrics
 # ---------------------------------------------------------------------------------------
 class CitationRecord(BaseModel):
     """A citation as scored (the passage text is left out to keep the report small)."""
@@ -671,7 +237,7 @@ def compute_metrics(records: Sequence[QuestionRecord]) -> Metrics:
 # Running a set
 # ---------------------------------------------------------------------------------------
 def _short(text: str, limit: int = 70) -> str:
-    text = normalise_space(text)
+    text = collapse_space(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -965,205 +531,3 @@ def parse_threshold(spec: str) -> Threshold:
 
 def missed_thresholds(metrics: Metrics, thresholds: Iterable[Threshold]) -> list[str]:
     return [why for t in thresholds if (why := t.missed(metrics))]
-
-
-# ---------------------------------------------------------------------------------------
-# Writing the report
-# ---------------------------------------------------------------------------------------
-SCORE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("status_accuracy", "status acc."),
-    ("retrieval_recall", "recall@k"),
-    ("retrieval_recall_at_4", "recall@4"),
-    ("baseline_retrieval_recall_at_4", "baseline@4"),
-    ("cited_recall", "cited recall"),
-    ("citation_recall", "citation recall"),
-    ("citation_precision", "citation prec."),
-    ("key_fact_coverage", "key facts"),
-)
-CHECK_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("false_refusals", "false refusals"),
-    ("missed_emergencies", "missed emergencies"),
-    ("disclaimer_present", "disclaimer present"),
-    ("disclaimer_constant", "disclaimer constant"),
-    ("quotes_verbatim", "quotes verbatim"),
-    ("markers_resolve", "markers resolve"),
-    ("html_escaped", "HTML escaped"),
-    ("latency_ms_median", "latency p50 ms"),
-    ("latency_ms_p95", "latency p95 ms"),
-    ("first_token_ms_median", "first token p50 ms"),
-)
-
-
-def fmt(value: float | int | None) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.3f}" if value <= 1.0 else f"{value:.1f}"
-
-
-def _columns(report: EvalReport, columns: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Hide the baseline column when no baseline ran; name k after k_final."""
-    out = []
-    for key, label in columns:
-        if key == "baseline_retrieval_recall_at_4" and report.baseline is None:
-            continue
-        out.append((key, label.replace("@k", f"@{report.k_final}")))
-    return out
-
-
-def _rows(report: EvalReport) -> list[tuple[str, Metrics]]:
-    return [*report.per_category.items(), ("overall", report.metrics)]
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def render_markdown(report: EvalReport) -> str:
-    """report.md: overall, per-category and integrity tables, then every failing question."""
-    m = report.metrics
-    scores = _columns(report, SCORE_COLUMNS)
-    checks = _columns(report, CHECK_COLUMNS)
-    overall_rows = [[label, fmt(getattr(m, key))] for key, label in scores + checks]
-    overall_rows.append(
-        ["recall on non-answer items (evidence, expect≠answer)", fmt(m.retrieval_recall_non_answer)]
-    )
-    overall_rows.append(["false refusal rate (of expect=answer)", fmt(m.false_refusal_rate)])
-    parts = [
-        f"# Evaluation report — `{report.set_file}`",
-        "",
-        f"- created: {report.created_at}",
-        f"- engine: `{report.engine}` · support checker: `{report.checker}` · k_final: {report.k_final}",
-        f"- index: version `{report.index.get('version')}`, model `{report.index.get('embedding_model')}`",
-        f"- questions: {m.n} ({m.n_recall_items} with evidence and expect=answer count for recall)",
-    ]
-    if report.baseline:
-        parts.append(f"- baseline: {report.baseline.description} ({report.baseline.chunks} chunks)")
-    parts += [
-        "",
-        "Recall is matched by location: gold evidence counts as found when the retrieved chunks "
-        "(or the cited quotes) cover at least half of its characters.",
-        "",
-        "## Overall",
-        "",
-        _md_table(["metric", "value"], overall_rows),
-        "",
-        "## Per category",
-        "",
-        _md_table(
-            ["category", "n", *[label for _, label in scores]],
-            [[name, str(x.n), *[fmt(getattr(x, k)) for k, _ in scores]] for name, x in _rows(report)],
-        ),
-        "",
-        "## Integrity and latency per category",
-        "",
-        _md_table(
-            ["category", "n", *[label for _, label in checks]],
-            [[name, str(x.n), *[fmt(getattr(x, k)) for k, _ in checks]] for name, x in _rows(report)],
-        ),
-        "",
-        "## Failures",
-        "",
-    ]
-    failing = [r for r in report.records if r.failures]
-    if not failing:
-        parts.append("None.")
-    for r in failing:
-        parts.append(f"- **`{r.id}`** ({r.category}, line {r.line}, status `{r.status}`)")
-        parts += [f"  - {why}" for why in r.failures]
-    return "\n".join(parts) + "\n"
-
-
-# Short headers for the terminal (report.md spells them out).
-SHORT_LABELS = {
-    "status_accuracy": "status",
-    "retrieval_recall": "rec@k",
-    "retrieval_recall_at_4": "rec@4",
-    "baseline_retrieval_recall_at_4": "base@4",
-    "cited_recall": "cited",
-    "citation_recall": "cit.R",
-    "citation_precision": "cit.P",
-    "key_fact_coverage": "facts",
-}
-
-
-def summary_tables(report: EvalReport) -> list[Table]:
-    """What a run prints: per-category scores (ours next to the baseline), then overall checks."""
-    cols = _columns(report, [(k, SHORT_LABELS[k]) for k, _ in SCORE_COLUMNS])
-    scores = Table(
-        title=f"Scores — {Path(report.set_file).name} ({report.engine})",
-        caption="rec = evidence recall of retrieval, base = LangChain-tutorial baseline, cited = evidence "
-        "recall of the citations, cit.R/P = ALCE citation recall/precision, facts = key-fact coverage",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 0, 0, 1),
-        pad_edge=False,
-    )
-    scores.add_column("category", style="bold", no_wrap=True)
-    scores.add_column("n", justify="right", no_wrap=True)
-    for key, label in cols:
-        style = "cyan" if key.startswith("baseline") else None
-        scores.add_column(label, justify="right", style=style, no_wrap=True)
-    last = list(report.per_category)[-1]
-    for name, x in _rows(report):
-        scores.add_row(name, str(x.n), *[fmt(getattr(x, k)) for k, _ in cols], end_section=name == last)
-    checks = Table(title="Checks — overall", box=box.SIMPLE_HEAD, padding=(0, 1))
-    checks.add_column("check", style="bold")
-    checks.add_column("value", justify="right")
-    for key, label in _columns(report, CHECK_COLUMNS):
-        checks.add_row(label, fmt(getattr(report.metrics, key)))
-    return [scores, checks]
-
-
-def write_chart(report: EvalReport, path: Path) -> None:
-    """Grouped bars of the per-category scores (Agg backend: no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = _columns(report, SCORE_COLUMNS)
-    rows = _rows(report)
-    width = 0.8 / len(cols)
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(rows)), 4.8))
-    for i, (key, label) in enumerate(cols):
-        values = [getattr(m, key) for _, m in rows]
-        heights = [np.nan if v is None else v for v in values]
-        ax.bar(x + (i - (len(cols) - 1) / 2) * width, heights, width, label=label)
-    ax.set_xticks(x, [name for name, _ in rows], rotation=20, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score")
-    ax.set_title(f"{Path(report.set_file).name} — engine {report.engine}")
-    ax.legend(fontsize="small", ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.22))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
-
-
-REPORT_FILES = ("report.md", "report.json", "categories.png")
-
-
-def report_paths(out: Path) -> tuple[Path, Path, Path]:
-    """``eval/reports/latest.md`` → latest.md/.json/.png side by side; a folder → REPORT_FILES in it."""
-    if out.suffix == ".md":
-        return out, out.with_suffix(".json"), out.with_suffix(".png")
-    md, js, png = (out / name for name in REPORT_FILES)
-    return md, js, png
-
-
-def write_report(report: EvalReport, out: Path) -> list[Path]:
-    """Write the three files next to each other; each appears whole or not at all."""
-    md, js, png = report_paths(out)
-    md.parent.mkdir(parents=True, exist_ok=True)
-    tmp = {p: p.with_name(f".{p.name}.tmp") for p in (md, js, png)}
-    tmp[md].write_text(render_markdown(report), "utf-8")
-    tmp[js].write_text(
-        json.dumps(report.model_dump(mode="json"), ensure_ascii=False, indent=2) + "\n", "utf-8"
-    )
-    write_chart(report, tmp[png])
-    for final, partial in tmp.items():
-        os.replace(partial, final)
-    return [md, js, png]

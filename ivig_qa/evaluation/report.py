@@ -1,0 +1,212 @@
+"""Writing an ``EvalReport``: report.md (people), report.json (machines), a PNG chart, terminal tables."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from rich import box
+from rich.table import Table
+
+from ivig_qa.evaluation.runner import EvalReport, Metrics
+
+SCORE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("status_accuracy", "status acc."),
+    ("retrieval_recall", "recall@k"),
+    ("retrieval_recall_at_4", "recall@4"),
+    ("baseline_retrieval_recall_at_4", "baseline@4"),
+    ("cited_recall", "cited recall"),
+    ("citation_recall", "citation recall"),
+    ("citation_precision", "citation prec."),
+    ("key_fact_coverage", "key facts"),
+)
+CHECK_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("false_refusals", "false refusals"),
+    ("missed_emergencies", "missed emergencies"),
+    ("disclaimer_present", "disclaimer present"),
+    ("disclaimer_constant", "disclaimer constant"),
+    ("quotes_verbatim", "quotes verbatim"),
+    ("markers_resolve", "markers resolve"),
+    ("html_escaped", "HTML escaped"),
+    ("latency_ms_median", "latency p50 ms"),
+    ("latency_ms_p95", "latency p95 ms"),
+    ("first_token_ms_median", "first token p50 ms"),
+)
+
+
+def fmt(value: float | int | None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.3f}" if value <= 1.0 else f"{value:.1f}"
+
+
+def _columns(report: EvalReport, columns: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Hide the baseline column when no baseline ran; name k after k_final."""
+    out = []
+    for key, label in columns:
+        if key == "baseline_retrieval_recall_at_4" and report.baseline is None:
+            continue
+        out.append((key, label.replace("@k", f"@{report.k_final}")))
+    return out
+
+
+def _rows(report: EvalReport) -> list[tuple[str, Metrics]]:
+    return [*report.per_category.items(), ("overall", report.metrics)]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: EvalReport) -> str:
+    """report.md: overall, per-category and integrity tables, then every failing question."""
+    m = report.metrics
+    scores = _columns(report, SCORE_COLUMNS)
+    checks = _columns(report, CHECK_COLUMNS)
+    overall_rows = [[label, fmt(getattr(m, key))] for key, label in scores + checks]
+    overall_rows.append(
+        ["recall on non-answer items (evidence, expect≠answer)", fmt(m.retrieval_recall_non_answer)]
+    )
+    overall_rows.append(["false refusal rate (of expect=answer)", fmt(m.false_refusal_rate)])
+    parts = [
+        f"# Evaluation report — `{report.set_file}`",
+        "",
+        f"- created: {report.created_at}",
+        f"- engine: `{report.engine}` · support checker: `{report.checker}` · k_final: {report.k_final}",
+        f"- index: version `{report.index.get('version')}`, model `{report.index.get('embedding_model')}`",
+        f"- questions: {m.n} ({m.n_recall_items} with evidence and expect=answer count for recall)",
+    ]
+    if report.baseline:
+        parts.append(f"- baseline: {report.baseline.description} ({report.baseline.chunks} chunks)")
+    parts += [
+        "",
+        "Recall is matched by location: gold evidence counts as found when the retrieved chunks "
+        "(or the cited quotes) cover at least half of its characters.",
+        "",
+        "## Overall",
+        "",
+        _md_table(["metric", "value"], overall_rows),
+        "",
+        "## Per category",
+        "",
+        _md_table(
+            ["category", "n", *[label for _, label in scores]],
+            [[name, str(x.n), *[fmt(getattr(x, k)) for k, _ in scores]] for name, x in _rows(report)],
+        ),
+        "",
+        "## Integrity and latency per category",
+        "",
+        _md_table(
+            ["category", "n", *[label for _, label in checks]],
+            [[name, str(x.n), *[fmt(getattr(x, k)) for k, _ in checks]] for name, x in _rows(report)],
+        ),
+        "",
+        "## Failures",
+        "",
+    ]
+    failing = [r for r in report.records if r.failures]
+    if not failing:
+        parts.append("None.")
+    for r in failing:
+        parts.append(f"- **`{r.id}`** ({r.category}, line {r.line}, status `{r.status}`)")
+        parts += [f"  - {why}" for why in r.failures]
+    return "\n".join(parts) + "\n"
+
+
+# Short headers for the terminal (report.md spells them out).
+SHORT_LABELS = {
+    "status_accuracy": "status",
+    "retrieval_recall": "rec@k",
+    "retrieval_recall_at_4": "rec@4",
+    "baseline_retrieval_recall_at_4": "base@4",
+    "cited_recall": "cited",
+    "citation_recall": "cit.R",
+    "citation_precision": "cit.P",
+    "key_fact_coverage": "facts",
+}
+
+
+def summary_tables(report: EvalReport) -> list[Table]:
+    """What a run prints: per-category scores (ours next to the baseline), then overall checks."""
+    cols = _columns(report, [(k, SHORT_LABELS[k]) for k, _ in SCORE_COLUMNS])
+    scores = Table(
+        title=f"Scores — {Path(report.set_file).name} ({report.engine})",
+        caption="rec = evidence recall of retrieval, base = LangChain-tutorial baseline, cited = evidence "
+        "recall of the citations, cit.R/P = ALCE citation recall/precision, facts = key-fact coverage",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0, 0, 1),
+        pad_edge=False,
+    )
+    scores.add_column("category", style="bold", no_wrap=True)
+    scores.add_column("n", justify="right", no_wrap=True)
+    for key, label in cols:
+        style = "cyan" if key.startswith("baseline") else None
+        scores.add_column(label, justify="right", style=style, no_wrap=True)
+    last = list(report.per_category)[-1]
+    for name, x in _rows(report):
+        scores.add_row(name, str(x.n), *[fmt(getattr(x, k)) for k, _ in cols], end_section=name == last)
+    checks = Table(title="Checks — overall", box=box.SIMPLE_HEAD, padding=(0, 1))
+    checks.add_column("check", style="bold")
+    checks.add_column("value", justify="right")
+    for key, label in _columns(report, CHECK_COLUMNS):
+        checks.add_row(label, fmt(getattr(report.metrics, key)))
+    return [scores, checks]
+
+
+def write_chart(report: EvalReport, path: Path) -> None:
+    """Grouped bars of the per-category scores (Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = _columns(report, SCORE_COLUMNS)
+    rows = _rows(report)
+    width = 0.8 / len(cols)
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(rows)), 4.8))
+    for i, (key, label) in enumerate(cols):
+        values = [getattr(m, key) for _, m in rows]
+        heights = [np.nan if v is None else v for v in values]
+        ax.bar(x + (i - (len(cols) - 1) / 2) * width, heights, width, label=label)
+    ax.set_xticks(x, [name for name, _ in rows], rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score")
+    ax.set_title(f"{Path(report.set_file).name} — engine {report.engine}")
+    ax.legend(fontsize="small", ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+REPORT_FILES = ("report.md", "report.json", "categories.png")
+
+
+def report_paths(out: Path) -> tuple[Path, Path, Path]:
+    """``eval/reports/latest.md`` → latest.md/.json/.png side by side; a folder → REPORT_FILES in it."""
+    if out.suffix == ".md":
+        return out, out.with_suffix(".json"), out.with_suffix(".png")
+    md, js, png = (out / name for name in REPORT_FILES)
+    return md, js, png
+
+
+def write_report(report: EvalReport, out: Path) -> list[Path]:
+    """Write the three files next to each other; each appears whole or not at all."""
+    md, js, png = report_paths(out)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    tmp = {p: p.with_name(f".{p.name}.tmp") for p in (md, js, png)}
+    tmp[md].write_text(render_markdown(report), "utf-8")
+    tmp[js].write_text(
+        json.dumps(report.model_dump(mode="json"), ensure_ascii=False, indent=2) + "\n", "utf-8"
+    )
+    write_chart(report, tmp[png])
+    for final, partial in tmp.items():
+        os.replace(partial, final)
+    return [md, js, png]
