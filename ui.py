@@ -1,7 +1,7 @@
 """The ivig-qa Gradio chat, runnable directly: ``python ui.py``.
 
 Opens the index (building it first when needed, with progress in the log), then serves
-the chat on ``settings.host:settings.port`` together with the HTTP API it links to
+the chat on ``settings.server.host:settings.server.port`` together with the HTTP API it links to
 (``/sources/...`` pages for citations in context, ``/api``). The chat itself lives in
 ``ivig_qa/chat_ui.py``; ``ivig-qa serve`` runs the same server.
 """
@@ -9,9 +9,9 @@ the chat on ``settings.host:settings.port`` together with the HTTP API it links 
 from __future__ import annotations
 
 import ivig_qa  # noqa: F401  (switches off telemetry before Gradio loads)
-from ivig_qa.web.chat import build_chat_app
-from ivig_qa.web.app import TokenBucketLimiter, configure_logging, default_loader, serve
 from ivig_qa.settings import Settings
+from ivig_qa.web.app import TokenBucketLimiter, configure_logging, default_loader, serve
+from ivig_qa.web.chat import build_chat_app
 
 
 def main() -> None:
@@ -19,7 +19,9 @@ def main() -> None:
     configure_logging()
     settings = Settings()
     assistant = default_loader(settings)()
-    chat = build_chat_app(assistant, settings, limiter=TokenBucketLimiter(settings.rate_limit_per_minute))
+    chat = build_chat_app(
+        assistant, settings, limiter=TokenBucketLimiter(settings.server.rate_limit_per_minute)
+    )
     serve(settings, assistant=assistant, chat=chat)
 
 

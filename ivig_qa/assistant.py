@@ -60,8 +60,8 @@ class _Timer:
 
 
 def make_engine(retriever: HybridRetriever, settings: Settings) -> AnswerEngine:
-    """The answer engine ``settings.engine`` names (the LLM one is imported only when asked for)."""
-    if settings.engine == "llm":
+    """The answer engine ``settings.answer.engine`` names (the LLM one is imported only when asked for)."""
+    if settings.answer.engine == "llm":
         from ivig_qa.engines.llm.engine import LLMEngine
 
         return LLMEngine.from_settings(retriever, settings)
@@ -78,9 +78,11 @@ class Assistant:
         self.engine: AnswerEngine = make_engine(retriever, settings)
         self.scope = ScopeChecker(retriever.vocabulary, lay_words())
         self.limits = InputLimits(
-            settings.max_question_chars, settings.max_history_turns, settings.max_history_message_chars
+            settings.policy.max_question_chars,
+            settings.policy.max_history_turns,
+            settings.policy.max_history_message_chars,
         )
-        self.thresholds = Thresholds(settings.min_support_score, settings.closest_passage_score)
+        self.thresholds = Thresholds(settings.policy.min_support_score, settings.policy.closest_passage_score)
 
     @classmethod
     def load(
@@ -109,11 +111,11 @@ class Assistant:
     @staticmethod
     def _corpus_changed(store: IndexStore) -> bool:
         """True when the corpus folder exists and differs from the active index."""
-        if not store.settings.corpus_dir.is_dir():
+        if not store.settings.index.corpus_dir.is_dir():
             return False  # an app server over a shared index needs no corpus copy
         from ivig_qa.corpus import load_corpus
 
-        return store.stale_reason(load_corpus(store.settings.corpus_dir).documents) is not None
+        return store.stale_reason(load_corpus(store.settings.index.corpus_dir).documents) is not None
 
     @property
     def manifest(self) -> Manifest:

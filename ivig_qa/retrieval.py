@@ -168,21 +168,25 @@ class HybridRetriever(BaseRetriever):
             chunks={c.chunk_id: c for c in chunks},
             bm25=BM25Okapi(corpus_tokens),
             bm25_ids=ids,
-            expander=QueryExpander(store.settings.lay_terms_file),
+            expander=QueryExpander(store.settings.retrieval.lay_terms_file),
             vocabulary=Vocabulary([c.context_text() for c in chunks]),
         )
 
     # -- the three rankings --------------------------------------------------------------
     def _dense_chunks(self, vector: list[float]) -> tuple[list[str], dict[str, float]]:
         col = self.store.vectorstore("chunks", self.manifest.version)
-        hits = col.similarity_search_by_vector_with_relevance_scores(vector, k=self.settings.k_dense)
+        hits = col.similarity_search_by_vector_with_relevance_scores(
+            vector, k=self.settings.retrieval.k_dense
+        )
         ids = [str(doc.id) for doc, _ in hits]
         return ids, {str(doc.id): 1.0 - float(dist) for doc, dist in hits}
 
     def _dense_sentences(self, vector: list[float]) -> dict[str, float]:
         """Each chunk's best sentence similarity, in rank order."""
         col = self.store.vectorstore("sentences", self.manifest.version)
-        hits = col.similarity_search_by_vector_with_relevance_scores(vector, k=self.settings.k_sentences)
+        hits = col.similarity_search_by_vector_with_relevance_scores(
+            vector, k=self.settings.retrieval.k_sentences
+        )
         best_in_chunk: dict[str, float] = {}
         for doc, dist in hits:
             best_in_chunk.setdefault(str(doc.metadata["chunk_id"]), 1.0 - float(dist))
@@ -193,7 +197,7 @@ class HybridRetriever(BaseRetriever):
         if not tokens:
             return []
         scores = self.bm25.get_scores(tokens)
-        order = np.argsort(-scores)[: self.settings.k_bm25]
+        order = np.argsort(-scores)[: self.settings.retrieval.k_bm25]
         return [self.bm25_ids[i] for i in order if scores[i] > 0]
 
     # -- public -------------------------------------------------------------------------
@@ -204,9 +208,11 @@ class HybridRetriever(BaseRetriever):
         best_sentence = self._dense_sentences(vector)
         lexical_ids = self._lexical(expanded)
         fused = rrf(
-            [dense_ids, list(best_sentence), lexical_ids], self.settings.rrf_k, self.settings.rrf_weights
+            [dense_ids, list(best_sentence), lexical_ids],
+            self.settings.retrieval.rrf_k,
+            self.settings.retrieval.rrf_weights,
         )
-        top = sorted(fused.items(), key=lambda kv: -kv[1])[: self.settings.k_final]
+        top = sorted(fused.items(), key=lambda kv: -kv[1])[: self.settings.retrieval.k_final]
         passages = [
             ScoredPassage(
                 chunk=self.chunks[cid],

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,12 +25,15 @@ DEFAULT_CONFIG_FILE = "ivig-qa.toml"
 _config_file: ContextVar[Path | None] = ContextVar("ivig_qa_config_file", default=None)
 
 
-class Settings(BaseSettings):
-    """Operator-facing settings; every threshold the pipeline uses lives here."""
+class _Group(BaseModel):
+    """A settings group: unknown keys are an error, like at the top level."""
 
-    model_config = SettingsConfigDict(env_prefix="IVIG_QA_", extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    # --- corpus and index -------------------------------------------------------------
+
+class IndexSettings(_Group):
+    """The corpus, the index and the embedding model."""
+
     corpus_dir: Path = Field(Path("corpus"), description="Folder with *.txt|*.md|*.html and sources.toml.")
     index_dir: Path = Field(Path(".ivig-index"), description="Where the persistent Chroma index lives.")
     chroma_url: str | None = Field(None, description="Chroma server URL; when set the index lives there.")
@@ -61,11 +64,13 @@ class Settings(BaseSettings):
     )
     build_threads: int = Field(0, ge=0, description="torch threads for embedding a build (0: all cores).")
 
-    # --- chunking (sizes chosen by measuring retrieval on eval/questions.jsonl) --------
     chunk_max_chars: int = 700
     chunk_overlap_sentences: int = 1
 
-    # --- retrieval ----------------------------------------------------------------------
+
+class RetrievalSettings(_Group):
+    """How passages are found for a question."""
+
     k_dense: int = 12
     k_sentences: int = 24
     k_bm25: int = 12
@@ -78,7 +83,12 @@ class Settings(BaseSettings):
         None, description="Extra lay-term expansions (TOML); adds to built-ins."
     )
 
-    # --- extractive composition --------------------------------------------------------
+
+class AnswerSettings(_Group):
+    """Which engine answers, and how the extractive engine picks its quotes."""
+
+    engine: Literal["extractive", "llm"] = "extractive"
+
     sentence_lexical_weight: float = Field(0.5, description="Weight of IDF-weighted word overlap.")
     sentence_rank_weight: float = Field(0.2, description="Weight of the passage's retrieval rank.")
     answer_type_weight: float = Field(0.3, description="Boost for sentences stating the kind of fact asked.")
@@ -93,58 +103,66 @@ class Settings(BaseSettings):
     relative_sentence_score: float = 0.5
     duplicate_overlap: float = 0.6
 
-    # --- guardrails -----------------------------------------------------------------------
+
+class PolicySettings(_Group):
+    """Input limits and how close the sources must be to answer."""
+
     max_question_chars: int = 4000
     max_history_turns: int = 20
     min_support_score: float = Field(0.33, description="Below this best-sentence similarity: not in sources.")
     closest_passage_score: float = Field(0.30, description="Show the closest passage above this.")
 
-    # --- answer engine ------------------------------------------------------------------
-    engine: Literal["extractive", "llm"] = "extractive"
+    max_history_message_chars: int = Field(8000, ge=1, description="Longest history message the API accepts.")
 
-    # --- LLM answer engine (engine = "llm"; needs `pip install -e '.[llm]'`) ----------------
-    llm_backend: Literal["llamacpp", "openai"] = Field(
+
+class LLMSettings(_Group):
+    """The optional LLM engine (answer.engine = "llm"; needs `pip install -e '.[llm]'`)."""
+
+    backend: Literal["llamacpp", "openai"] = Field(
         "llamacpp", description="llamacpp: a local GGUF in-process; openai: any OpenAI-compatible server."
     )
-    llm_model_path: Path | None = Field(
+    model_path: Path | None = Field(
         None, description="A GGUF file (llamacpp). Default: the packaged model, joined into llm_model_dir."
     )
-    llm_model_dir: Path = Field(
+    model_dir: Path = Field(
         Path("~/.cache/ivig-qa/models"), description="Where the packaged model's parts are joined."
     )
-    llm_model_name: str = Field(
+    model_name: str = Field(
         "qwen2.5-coder-1.5b-instruct-q4_k_m", description="Shown in `engine`; the model name for openai."
     )
-    llm_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://host:8000/v1.")
-    llm_api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible server.")
-    llm_temperature: float = Field(0.0, ge=0.0, le=2.0)
-    llm_max_tokens: int = Field(220, ge=16, description="Longest generated answer, in tokens.")
-    llm_timeout_s: float = Field(
+    base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://host:8000/v1.")
+    api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible server.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(220, ge=16, description="Longest generated answer, in tokens.")
+    timeout_s: float = Field(
         90.0, gt=0, description="Generation slower than this falls back to the extractive engine."
     )
-    llm_first_token_timeout_s: float = Field(30.0, gt=0, description="No first token by then: fall back.")
-    llm_n_threads: int | None = Field(None, ge=1, description="llama.cpp threads (default: all cores).")
-    llm_n_ctx: int = Field(2048, ge=512, description="llama.cpp context window, in tokens.")
-    llm_context_tokens: int = Field(
+    first_token_timeout_s: float = Field(30.0, gt=0, description="No first token by then: fall back.")
+    n_threads: int | None = Field(None, ge=1, description="llama.cpp threads (default: all cores).")
+    n_ctx: int = Field(2048, ge=512, description="llama.cpp context window, in tokens.")
+    context_tokens: int = Field(
         450, ge=150, description="Budget for the whole prompt (≈ 4 chars/token): fewer sources when short."
     )
-    llm_max_passages: int = Field(6, ge=1, description="Most numbered source sentences in the prompt.")
-    llm_supporting_quotes: int = Field(
+    max_passages: int = Field(6, ge=1, description="Most numbered source sentences in the prompt.")
+    supporting_quotes: int = Field(
         8,
         ge=0,
         description="Under the generated summary, quote (verbatim) up to this many of the sentences the "
         "extractive engine would have used that the summary does not cite; 0 = the summary alone.",
     )
-    llm_judge: bool = Field(True, description="Ask the model whether each cited passage supports a sentence.")
-    llm_judge_max_calls: int = Field(12, ge=0, description="Most judge calls while verifying one answer.")
-    llm_min_overlap: float = Field(
+    judge: bool = Field(True, description="Ask the model whether each cited passage supports a sentence.")
+    judge_max_calls: int = Field(12, ge=0, description="Most judge calls while verifying one answer.")
+    min_overlap: float = Field(
         0.5, ge=0.0, le=1.0, description="Share of a sentence's content words its passage must contain."
     )
-    llm_verify_model_hash: bool = Field(
+    verify_model_hash: bool = Field(
         False, description="Re-hash the joined model on every load (default: a size+mtime stamp)."
     )
 
-    # --- serving --------------------------------------------------------------------------
+
+class ServerSettings(_Group):
+    """The HTTP API, the chat and the portal widget."""
+
     host: str = "127.0.0.1"
     port: int = 7860
     cors_origins: list[str] = Field(default_factory=list)
@@ -163,11 +181,29 @@ class Settings(BaseSettings):
         ],
         description="Shown as one-click questions in the chat and the widget.",
     )
-    max_history_message_chars: int = Field(8000, ge=1, description="Longest history message the API accepts.")
     max_concurrent_answers: int = Field(4, ge=1, description="Answers computed at once; more requests wait.")
     forwarded_allow_ips: str | None = Field(
         None, description="Proxy addresses trusted for X-Forwarded-For (the client IP used by rate limits)."
     )
+
+
+class Settings(BaseSettings):
+    """Operator-facing settings in groups; every threshold the pipeline uses lives here.
+
+    ``ivig-qa.toml`` has one table per group (``[index]``, ``[server]``…); an environment
+    variable names the group and the field with ``__``: ``IVIG_QA_SERVER__PORT=8080``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="IVIG_QA_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    answer: AnswerSettings = Field(default_factory=AnswerSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -183,9 +219,39 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, config: Path | None = None, **overrides: object) -> Settings:
-        """Settings read from ``config`` (instead of ivig-qa.toml) plus explicit overrides."""
+        """Settings read from ``config`` (instead of ivig-qa.toml) plus overrides by field name
+        (``Settings.load(index_dir=path, port=8080)``: each name belongs to one group)."""
         token = _config_file.set(config)
         try:
-            return cls(**overrides)
+            return cls(**_grouped(overrides))
         finally:
             _config_file.reset(token)
+
+    def updated(self, **changes: object) -> Settings:
+        """A copy with fields changed by name (``settings.updated(feedback_db=path)``), validated."""
+        data = self.model_dump()
+        for group, fields in _grouped(changes).items():
+            data[group].update(fields)
+        return type(self).model_validate(data)
+
+
+def group_of(field: str) -> str:
+    """The group a field name belongs to; ``ValueError`` when unknown or in several groups."""
+    groups = [g for g, info in Settings.model_fields.items() if field in info.annotation.model_fields]  # type: ignore[union-attr]
+    if len(groups) != 1:
+        problem = (
+            "unknown setting"
+            if not groups
+            else f"ambiguous setting (in {', '.join(groups)}; use GROUP__NAME)"
+        )
+        raise ValueError(f"{problem}: {field!r}")
+    return groups[0]
+
+
+def _grouped(flat: dict[str, object]) -> dict[str, dict[str, object]]:
+    """``{"port": 1, "llm__api_key": "k"}`` → ``{"server": {"port": 1}, "llm": {"api_key": "k"}}``."""
+    grouped: dict[str, dict[str, object]] = {}
+    for key, value in flat.items():
+        group, _, field = key.rpartition("__")
+        grouped.setdefault(group or group_of(field), {})[field] = value
+    return grouped

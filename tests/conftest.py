@@ -29,7 +29,7 @@ def corpus_dir() -> Path:
 def session_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings over the bundled corpus with an index in a session temp folder."""
     index_dir = tmp_path_factory.mktemp("index")
-    return Settings(corpus_dir=CORPUS, index_dir=index_dir, feedback_db=index_dir / "feedback.sqlite3")
+    return Settings.load(corpus_dir=CORPUS, index_dir=index_dir, feedback_db=index_dir / "feedback.sqlite3")
 
 
 @pytest.fixture(scope="session")

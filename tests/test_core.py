@@ -14,8 +14,8 @@ from ivig_qa.assistant import Assistant
 from ivig_qa.chunking import ChunkerSettings, chunk_document, split_sentences
 from ivig_qa.cli import app
 from ivig_qa.corpus import load_corpus
-from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.index import IndexStore
+from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
 from ivig_qa.types import Status
 
@@ -204,8 +204,8 @@ def test_malformed_history_is_invalid_input(assistant: Assistant) -> None:
 # -- CLI --------------------------------------------------------------------------------------
 @pytest.fixture
 def cli_env(session_settings: Settings, assistant: Assistant, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("IVIG_QA_CORPUS_DIR", str(session_settings.corpus_dir))
-    monkeypatch.setenv("IVIG_QA_INDEX_DIR", str(session_settings.index_dir))
+    monkeypatch.setenv("IVIG_QA_INDEX__CORPUS_DIR", str(session_settings.index.corpus_dir))
+    monkeypatch.setenv("IVIG_QA_INDEX__INDEX_DIR", str(session_settings.index.index_dir))
 
 
 def test_cli_ask_json(cli_env: None) -> None:
@@ -243,7 +243,7 @@ def small_settings(tmp_path: Path, corpus_dir: Path) -> Settings:
     for doc_id in SMALL_DOCS:
         shutil.copy(corpus_dir / f"{doc_id}.txt", corpus)
     shutil.copy(corpus_dir / "sources.toml", corpus)
-    return Settings(corpus_dir=corpus, index_dir=tmp_path / "index")
+    return Settings.load(corpus_dir=corpus, index_dir=tmp_path / "index")
 
 
 def test_changed_document_is_the_only_one_reembedded(small_settings: Settings) -> None:
@@ -251,7 +251,7 @@ def test_changed_document_is_the_only_one_reembedded(small_settings: Settings) -
     first = store.build()
     assert sorted(first.embedded_documents) == sorted(SMALL_DOCS)
     assert store.build().embedded_documents == []  # up to date: nothing to do
-    path = small_settings.corpus_dir / "ivig-chronic-pain-review.txt"
+    path = small_settings.index.corpus_dir / "ivig-chronic-pain-review.txt"
     text = path.read_text("utf-8").replace(
         "Publication types", "IVIG infusions for CRPS are given every four weeks.\n\nPublication types"
     )
@@ -266,7 +266,7 @@ def test_changed_document_is_the_only_one_reembedded(small_settings: Settings) -
 def test_removed_document_leaves_the_index(small_settings: Settings) -> None:
     store = IndexStore(small_settings)
     store.build()
-    (small_settings.corpus_dir / "ivig-chronic-pain-review.txt").unlink()
+    (small_settings.index.corpus_dir / "ivig-chronic-pain-review.txt").unlink()
     summary = store.build()
     assert summary.removed_documents == ["ivig-chronic-pain-review"]
     chunks = store.load_chunks(store.manifest().version)
@@ -279,7 +279,7 @@ def test_failed_rebuild_leaves_the_previous_index_answering(
     store = IndexStore(small_settings)
     store.build()
     before = store.manifest()
-    path = small_settings.corpus_dir / "ivig-infantile-spasms.txt"
+    path = small_settings.index.corpus_dir / "ivig-infantile-spasms.txt"
     path.write_text(path.read_text("utf-8").replace("1 to 3 weeks", "2 to 4 weeks"), "utf-8")
 
     original = IndexStore._embed_chunks
@@ -306,7 +306,7 @@ def test_failed_rebuild_leaves_the_previous_index_answering(
 
 def test_rebuild_from_scratch_recovers_a_corrupt_index(small_settings: Settings) -> None:
     IndexStore(small_settings).build()
-    for f in small_settings.index_dir.rglob("*.sqlite3"):
+    for f in small_settings.index.index_dir.rglob("*.sqlite3"):
         f.write_bytes(b"this is not a database" * 100)
     from ivig_qa.index import IndexUnavailableError
 
@@ -330,7 +330,7 @@ def test_onnx_question_encoder_reproduces_sentence_transformers(assistant: Assis
     embeddings = assistant.store.embeddings
     assert isinstance(embeddings, StoreEmbeddings)
     assert isinstance(embeddings.questions, OnnxEmbeddings)
-    reference = load_embeddings(assistant.settings.embedding_model)
+    reference = load_embeddings(assistant.settings.index.embedding_model)
     for text in PATIENT_TEXTS:
         fast, slow = embeddings.embed_query(text), reference.embed_query(text)
         assert max(abs(a - b) for a, b in zip(fast, slow, strict=True)) < 1e-4, text
@@ -345,8 +345,8 @@ def test_damaged_onnx_export_is_removed_and_remade(tmp_path: Path, session_setti
         resolve_model_path,
     )
 
-    settings = session_settings.model_copy(update={"encoder_cache_dir": tmp_path / "encoders"})
-    broken = onnx_file(resolve_model_path(settings.embedding_model), settings.encoder_cache_dir)
+    settings = session_settings.updated(**{"encoder_cache_dir": tmp_path / "encoders"})
+    broken = onnx_file(resolve_model_path(settings.index.embedding_model), settings.index.encoder_cache_dir)
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"half-written \x00\x01 export")
     fallback = StoreEmbeddings(settings)
@@ -358,7 +358,7 @@ def test_damaged_onnx_export_is_removed_and_remade(tmp_path: Path, session_setti
     assert broken.is_file() and not list(broken.parent.glob(".*partial"))
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
-    unwritable = StoreEmbeddings(settings.model_copy(update={"encoder_cache_dir": not_a_folder}))
+    unwritable = StoreEmbeddings(settings.updated(**{"encoder_cache_dir": not_a_folder}))
     assert isinstance(unwritable.questions, TunedEmbeddings)  # no cache folder: torch, no error
 
 
@@ -377,8 +377,8 @@ def test_answering_process_never_imports_torch(session_settings: Settings, assis
     )
     env = {
         **os.environ,
-        "IVIG_QA_CORPUS_DIR": str(session_settings.corpus_dir),
-        "IVIG_QA_INDEX_DIR": str(session_settings.index_dir),
+        "IVIG_QA_INDEX__CORPUS_DIR": str(session_settings.index.corpus_dir),
+        "IVIG_QA_INDEX__INDEX_DIR": str(session_settings.index.index_dir),
     }
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

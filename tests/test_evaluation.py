@@ -190,9 +190,9 @@ def test_metrics_on_a_tiny_set_through_the_real_assistant(
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, assistant: Assistant, session_settings: Settings) -> None:
     """Point the CLI at the session index (already built by the ``assistant`` fixture)."""
-    monkeypatch.setenv("IVIG_QA_CORPUS_DIR", str(session_settings.corpus_dir))
-    monkeypatch.setenv("IVIG_QA_INDEX_DIR", str(session_settings.index_dir))
-    monkeypatch.setenv("IVIG_QA_FEEDBACK_DB", str(session_settings.feedback_db))
+    monkeypatch.setenv("IVIG_QA_INDEX__CORPUS_DIR", str(session_settings.index.corpus_dir))
+    monkeypatch.setenv("IVIG_QA_INDEX__INDEX_DIR", str(session_settings.index.index_dir))
+    monkeypatch.setenv("IVIG_QA_SERVER__FEEDBACK_DB", str(session_settings.server.feedback_db))
 
 
 def test_cli_fail_under_exits_non_zero_when_missed(tmp_path: Path, cli_env: None) -> None:

@@ -6,9 +6,9 @@ import pytest
 
 from ivig_qa.assistant import Assistant
 from ivig_qa.conversation import condense, is_follow_up
+from ivig_qa.policy.triage import has_injection, is_personal, is_urgent
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.text import strip_markup as plain_text
-from ivig_qa.policy.triage import has_injection, is_personal, is_urgent
 from ivig_qa.types import Message, Status
 
 URGENT = [

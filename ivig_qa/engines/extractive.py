@@ -108,9 +108,9 @@ class ExtractiveEngine:
             prior = 1.0 / (1.0 + passage.rank)
             score = (
                 dense
-                + self.settings.sentence_lexical_weight * lexical
-                + self.settings.sentence_rank_weight * prior
-                + self.settings.answer_type_weight * typed
+                + self.settings.answer.sentence_lexical_weight * lexical
+                + self.settings.answer.sentence_rank_weight * prior
+                + self.settings.answer.answer_type_weight * typed
             )
             out.append(
                 Candidate(sentence, *self._quote_span(sentence, passage), passage, score, terms, dense)
@@ -150,8 +150,8 @@ class ExtractiveEngine:
         if not ranked:
             return []
         s = self.settings
-        limit = min(limit or s.max_answer_sentences, s.max_answer_sentences)
-        floor = max(s.min_sentence_score, ranked[0].score * s.relative_sentence_score)
+        limit = min(limit or s.answer.max_answer_sentences, s.answer.max_answer_sentences)
+        floor = max(s.answer.min_sentence_score, ranked[0].score * s.answer.relative_sentence_score)
         eligible = [c for c in ranked if c.score >= floor]
         best_per_doc = list({c.sentence.doc_id: c for c in reversed(eligible)}.values())
         best_per_doc.sort(key=lambda c: -c.score)
@@ -161,9 +161,9 @@ class ExtractiveEngine:
             if len(chosen) >= limit:
                 break
             doc = cand.sentence.doc_id
-            if cand in chosen or per_doc.get(doc, 0) >= s.max_sentences_per_doc:
+            if cand in chosen or per_doc.get(doc, 0) >= s.answer.max_sentences_per_doc:
                 continue
-            if any(_jaccard(cand.terms, c.terms) > s.duplicate_overlap for c in chosen):
+            if any(_jaccard(cand.terms, c.terms) > s.answer.duplicate_overlap for c in chosen):
                 continue
             chosen.append(cand)
             per_doc[doc] = per_doc.get(doc, 0) + 1

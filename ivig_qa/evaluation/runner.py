@@ -259,7 +259,7 @@ class Evaluator:
         self.documents = documents
         self.checker = checker
         self.baseline = baseline
-        self.k_final = assistant.settings.k_final
+        self.k_final = assistant.settings.retrieval.k_final
 
     def converse(self, item: SetItem) -> tuple[Answer, list[Answer]]:
         """Ask the earlier turns in order (building the history as the app does), then the question."""
@@ -464,7 +464,7 @@ def run_evaluation(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         engine=assistant.engine.name,
         checker=checker.name,
-        k_final=assistant.settings.k_final,
+        k_final=assistant.settings.retrieval.k_final,
         index={
             "version": manifest.version,
             "embedding_model": manifest.embedding_model,
