@@ -37,6 +37,15 @@ class SetItem(BaseModel):
     must_include: list[list[str]]
     expect: Expect
     reference_answer: str = ""
+    relevant: list[str] = Field(
+        default_factory=list, description="Source sentences (verbatim) that answer the question."
+    )
+    supporting: list[str] = Field(
+        default_factory=list, description="Source sentences (verbatim): qualifiers worth quoting beside them."
+    )
+    concept: str = Field(
+        "", description="The red-flag concept (or its 'not this' neighbour) the item probes."
+    )
 
 
 @dataclass(frozen=True)
@@ -116,12 +125,18 @@ def _check_item(item: SetItem, documents: Mapping[str, str]) -> tuple[list[str],
     if item.evidence and not item.expected_docs:
         problems.append("evidence given but no expected_docs to find it in")
     located: list[Evidence] = []
-    for text in item.evidence:
-        spans = [s for d in item.expected_docs if d in documents for s in locate(documents[d], text, d)]
-        if not spans:
-            short = text if len(text) <= 80 else text[:77] + "..."
-            problems.append(f"evidence not found verbatim in {item.expected_docs}: {short!r}")
-        located.append(Evidence(text, tuple(spans)))
+    for kind, texts in (
+        ("evidence", item.evidence),
+        ("relevant", item.relevant),
+        ("supporting", item.supporting),
+    ):
+        for text in texts:
+            spans = [s for d in item.expected_docs if d in documents for s in locate(documents[d], text, d)]
+            if not spans:
+                short = text if len(text) <= 80 else text[:77] + "..."
+                problems.append(f"{kind} not found verbatim in {item.expected_docs}: {short!r}")
+            if kind == "evidence":
+                located.append(Evidence(text, tuple(spans)))
     return problems, tuple(located)
 
 
