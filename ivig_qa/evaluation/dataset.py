@@ -16,7 +16,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Category = Literal[
-    "factual", "multi_doc", "follow_up", "adversarial", "out_of_scope", "personal_advice", "emergency"
+    "factual",
+    "multi_doc",
+    "follow_up",
+    "adversarial",
+    "out_of_scope",
+    "personal_advice",
+    "emergency",
+    "symptom",
 ]
 Expect = Literal["answer", "refuse_out_of_scope", "decline_personal_advice", "urgent_care"]
 CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
