@@ -9,9 +9,12 @@ the chat on ``settings.host:settings.port`` together with the HTTP API it links 
 from __future__ import annotations
 
 import ivig_qa  # noqa: F401  (switches off telemetry before Gradio loads)
-from ivig_qa.web.chat import build_chat_app
-from ivig_qa.web.app import TokenBucketLimiter, configure_logging, default_loader, serve
 from ivig_qa.settings import Settings
+from ivig_qa.web.app import serve
+from ivig_qa.web.chat import build_chat_app
+from ivig_qa.web.lifecycle import default_loader
+from ivig_qa.web.limits import TokenBucketLimiter
+from ivig_qa.web.middleware import configure_logging
 
 
 def main() -> None:

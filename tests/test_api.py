@@ -26,7 +26,9 @@ from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
 from ivig_qa.testing import BackgroundServer
 from ivig_qa.types import Answer, Status
-from ivig_qa.web.app import TokenBucketLimiter, create_app, progress_logger
+from ivig_qa.web.app import create_app
+from ivig_qa.web.lifecycle import progress_logger
+from ivig_qa.web.limits import TokenBucketLimiter
 
 PORTAL = "https://portal.example.org"
 API_KEY = "test-key-9f2c"
@@ -343,7 +345,7 @@ def test_question_text_is_logged_only_when_enabled(
     r = client.post(f"{api}/api/ask", json={"question": private})
     assert r.status_code == 200
     assert private not in caplog.text
-    ours = [rec for rec in caplog.records if rec.name == "ivig_qa.web.app"]
+    ours = [rec for rec in caplog.records if rec.name == "ivig_qa.web.api"]
     assert any(getattr(rec, "request_id", None) == r.headers["x-request-id"] for rec in ours)
     caplog.clear()
     r = client.post(f"{locked}/api/ask", json={"question": private}, headers={"X-API-Key": API_KEY})
@@ -473,7 +475,7 @@ def test_chat_widget_and_pages_are_served_next_to_the_api(api: str, client: http
 
 
 def test_index_build_progress_is_logged_in_steps(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="ivig_qa.web.app")
+    caplog.set_level(logging.INFO, logger="ivig_qa.web.lifecycle")
     report = progress_logger(step_percent=25)
     for done in range(1, 81):
         report(done, 80, "ivig-lupus")

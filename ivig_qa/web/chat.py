@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from ivig_qa.assistant import Assistant
-    from ivig_qa.web.app import TokenBucketLimiter
+    from ivig_qa.web.limits import TokenBucketLimiter
 
 log = logging.getLogger(__name__)
 
