@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -23,9 +23,6 @@ from ivig_qa.web.middleware import (
 )
 from ivig_qa.web.pages import page_routes
 
-if TYPE_CHECKING:
-    import gradio as gr
-
 log = request_logger(__name__)
 
 
@@ -34,16 +31,15 @@ def create_app(
     *,
     assistant: Assistant | None = None,
     loader: Callable[[], Assistant] | None = None,
-    chat: gr.Blocks | None = None,
 ) -> FastAPI:
     """The whole server as one ASGI app: the API under ``/api``, the pages, the chat at ``/``.
 
     One process serves everything, so a portal needs one origin for the widget, the iframe
-    page and the API; Pass ``assistant`` to serve an already open index; otherwise ``loader`` (default: open
+    page and the API; the chat and the API share one rate limiter and one feedback store.
+    Pass ``assistant`` to serve an already open index; otherwise ``loader`` (default: open
     or build the index from ``settings``) runs in the background at start-up: until it is
     ready ``/api/health`` answers 503 and questions are refused with 503 + ``Retry-After``,
     while the process already accepts connections for probes.
-    ``chat`` is a chat app built by the caller (``ui.py``); by default one is built here.
     """
     settings = settings or Settings()
     state = ServerState.of(settings)
@@ -74,13 +70,13 @@ def create_app(
     app.include_router(api_routes(settings))
     app.include_router(api_fallback())
     app.include_router(page_routes())
-    if settings.chat_ui or chat is not None:
+    if settings.chat_ui:
         from ivig_qa.web.chat import build_chat_app, mount_chat  # Gradio loads only when the chat is on
 
-        blocks = chat or build_chat_app(
+        chat = build_chat_app(
             lambda: state.assistant, settings, limiter=state.limiter, feedback=state.feedback
         )
-        mount_chat(app, blocks)
+        mount_chat(app, chat)
     return app
 
 
@@ -102,8 +98,8 @@ def uvicorn_config(
     )
 
 
-def serve(settings: Settings, *, assistant: Assistant | None = None, chat: gr.Blocks | None = None) -> None:
-    """Run the server in the foreground (``ivig-qa serve``, ``python ui.py``)."""
-    app = create_app(settings, assistant=assistant, chat=chat)
+def serve(settings: Settings, *, assistant: Assistant | None = None) -> None:
+    """Run the server in the foreground: the one path of ``ivig-qa serve`` and ``python ui.py``."""
+    app = create_app(settings, assistant=assistant)
     log.info("serving on http://%s:%d (chat at /, API docs at /api/docs)", settings.host, settings.port)
     uvicorn.Server(uvicorn_config(app, settings)).run()

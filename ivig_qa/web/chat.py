@@ -1,11 +1,4 @@
-"""The Gradio chat: streamed answers with their sources, examples, feedback, and the disclaimer on screen.
-
-``build_chat_app`` makes the Blocks; ``mount_chat`` puts it at ``/`` of the API server
-(Gradio 6 takes CSS and theme at mount/launch time, not in the Blocks constructor).
-
-Everything shown that comes from a person or a source passes through ``md_text`` or
-``md_answer`` first, so HTML typed into a question is displayed, never run.
-"""
+"""The Gradio chat: streamed answers with their sources, examples, feedback and the disclaimer."""
 
 from __future__ import annotations
 
@@ -16,7 +9,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import gradio as gr
@@ -30,7 +23,6 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from ivig_qa.assistant import Assistant
-    from ivig_qa.web.limits import TokenBucketLimiter
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +31,15 @@ STARTING_TEXT = "The assistant is still starting (opening its sources). Please t
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
 
 
+class Limiter(Protocol):
+    """The app's rate limiter: ``take(client)`` is 0.0 when allowed, else the seconds to wait."""
+
+    def take(self, client: str) -> float: ...
+
+
 # --- escaping ---------------------------------------------------------------------------------
+# Everything shown that comes from a person or a source passes through ``md_text`` or
+# ``md_answer`` first, so HTML typed into a question is displayed, never run.
 def md_text(text: str) -> str:
     """Literal text inside Markdown: HTML escaped, Markdown punctuation backslash-escaped."""
     return html.escape(_MD_SPECIAL.sub(r"\\\1", text), quote=False)
@@ -105,7 +105,7 @@ class ChatHandlers:
 
     get_assistant: Callable[[], Assistant | None]
     settings: Settings
-    limiter: TokenBucketLimiter | None
+    limiter: Limiter
     feedback: FeedbackStore
 
     def respond(
@@ -143,8 +143,6 @@ class ChatHandlers:
 
     def _refusal(self, request: gr.Request | None) -> str | None:
         """The rate limit applies to the chat as to the API (same buckets, keyed by client IP)."""
-        if self.limiter is None:
-            return None
         client = request.client.host if request is not None and request.client else "unknown"
         wait = self.limiter.take(client)
         if wait > 0:
@@ -187,23 +185,19 @@ def _disclaimer_html() -> str:
 
 
 def build_chat_app(
-    assistant: Assistant | Callable[[], Assistant | None],
+    get_assistant: Callable[[], Assistant | None],
     settings: Settings,
     *,
-    limiter: TokenBucketLimiter | None = None,
-    feedback: FeedbackStore | None = None,
+    limiter: Limiter,
+    feedback: FeedbackStore,
 ) -> gr.Blocks:
-    """The chat as a Gradio Blocks app.
+    """The chat as a Gradio Blocks app, using the server's assistant, rate limiter and feedback store.
 
-    ``assistant`` may be a callable returning the assistant (or ``None`` while the server
-    is still opening the index), so the chat can be mounted before start-up finishes.
+    ``get_assistant`` returns ``None`` while the server is still opening the index, so the
+    chat can be mounted before start-up finishes.
     """
-    get_assistant = assistant if callable(assistant) else (lambda: assistant)
     handlers = ChatHandlers(
-        get_assistant=get_assistant,
-        settings=settings,
-        limiter=limiter,
-        feedback=feedback or FeedbackStore(settings.feedback_db, store_questions=settings.log_questions),
+        get_assistant=get_assistant, settings=settings, limiter=limiter, feedback=feedback
     )
     with gr.Blocks(title=settings.app_title, fill_height=True, analytics_enabled=False) as app:
         session = gr.State(ChatSession())
@@ -260,7 +254,10 @@ def chat_css() -> str:
 
 
 def mount_chat(app: FastAPI, blocks: gr.Blocks, path: str = "/") -> FastAPI:
-    """Mount the chat on the API server (call it after adding the API routes: ``/`` catches all)."""
+    """Mount the chat on the API server (call it after adding the API routes: ``/`` catches all).
+
+    Gradio 6 takes CSS and theme at mount/launch time, not in the Blocks constructor.
+    """
     return gr.mount_gradio_app(
         app,
         blocks,
