@@ -253,15 +253,15 @@ def chat_css() -> str:
     return CSS_FILE.read_text("utf-8")
 
 
-def mount_chat(app: FastAPI, blocks: gr.Blocks, path: str = "/") -> FastAPI:
-    """Mount the chat on the API server (call it after adding the API routes: ``/`` catches all).
+def mount_chat(app: FastAPI, blocks: gr.Blocks) -> None:
+    """Mount the chat at ``/`` of the API server (call it after adding the API routes: ``/`` catches all).
 
     Gradio 6 takes CSS and theme at mount/launch time, not in the Blocks constructor.
     """
-    return gr.mount_gradio_app(
+    gr.mount_gradio_app(
         app,
         blocks,
-        path=path,
+        path="/",
         head=f"<style>{chat_css()}</style>",  # as is: Gradio would scope ``css`` inside the app
         footer_links=[],
         run_history=False,
