@@ -2,27 +2,25 @@
 
 Opens the index (building it first when needed, with progress in the log), then serves
 the chat on ``settings.server.host:settings.server.port`` together with the HTTP API it links to
-(``/sources/...`` pages for citations in context, ``/api``). The chat itself lives in
-``ivig_qa/chat_ui.py``; ``ivig-qa serve`` runs the same server.
+(``/sources/...`` pages for citations in context, ``/api``). It is the same app as
+``ivig-qa serve`` (``ivig_qa.web.app.serve``): the chat and the API share one rate limiter
+and one feedback store.
 """
 
 from __future__ import annotations
 
 import ivig_qa  # noqa: F401  (switches off telemetry before Gradio loads)
 from ivig_qa.settings import Settings
-from ivig_qa.web.app import TokenBucketLimiter, configure_logging, default_loader, serve
-from ivig_qa.web.chat import build_chat_app
+from ivig_qa.web.app import serve
+from ivig_qa.web.lifecycle import default_loader
+from ivig_qa.web.middleware import configure_logging
 
 
 def main() -> None:
     """Open the index before listening, so the first visitor gets an answer, not a wait."""
     configure_logging()
-    settings = Settings()
-    assistant = default_loader(settings)()
-    chat = build_chat_app(
-        assistant, settings, limiter=TokenBucketLimiter(settings.server.rate_limit_per_minute)
-    )
-    serve(settings, assistant=assistant, chat=chat)
+    settings = Settings.load(chat_ui=True)  # this script is the chat: mounted whatever the config says
+    serve(settings, assistant=default_loader(settings)())
 
 
 if __name__ == "__main__":

@@ -337,8 +337,8 @@ PortOpt = Annotated[
 @app.command()
 def serve(host: HostOpt = None, port: PortOpt = None, config: ConfigOpt = None) -> None:
     """Serve the HTTP API (/api), the chat (/), the widget (/widget.js) and the embed page (/embed)."""
-    from ivig_qa.web.app import configure_logging
     from ivig_qa.web.app import serve as run_server
+    from ivig_qa.web.middleware import configure_logging
 
     settings = load_settings(config, host=host, port=port)
     configure_logging()

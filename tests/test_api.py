@@ -23,9 +23,12 @@ from ivig_qa.assistant import Assistant
 from ivig_qa.corpus import load_corpus
 from ivig_qa.feedback import FeedbackStore
 from ivig_qa.policy.wording import DISCLAIMER
-from ivig_qa.web.app import BackgroundServer, TokenBucketLimiter, create_app, progress_logger
 from ivig_qa.settings import Settings
+from ivig_qa.testing import BackgroundServer
 from ivig_qa.types import Answer, Status
+from ivig_qa.web.app import create_app
+from ivig_qa.web.lifecycle import progress_logger
+from ivig_qa.web.limits import TokenBucketLimiter
 
 PORTAL = "https://portal.example.org"
 API_KEY = "test-key-9f2c"
@@ -36,7 +39,7 @@ ANSWER_FIELDS = set(Answer.model_fields)
 # --- servers ------------------------------------------------------------------------------------
 def variant(settings: Settings, tmp: Path, **changes: object) -> Settings:
     """The session settings with serving options changed and a private feedback database."""
-    return settings.model_copy(update={"feedback_db": tmp / "feedback.sqlite3", **changes})
+    return settings.updated(**{"feedback_db": tmp / "feedback.sqlite3", **changes})
 
 
 @pytest.fixture(scope="module")
@@ -158,14 +161,14 @@ def test_stream_sends_text_pieces_then_the_full_answer(api: str, client: httpx.C
 
 # --- validation -----------------------------------------------------------------------------------
 def _too_many_turns(s: Settings) -> dict:
-    return {"question": "hi", "history": [{"role": "user", "content": "hi"}] * (s.max_history_turns + 1)}
+    return {"question": "hi", "history": [{"role": "user", "content": "hi"}] * (s.policy.max_history_turns + 1)}
 
 
 # name: (payload for the server's settings, the field the error must name)
 BAD_REQUESTS: dict[str, tuple[Callable[[Settings], object], str]] = {
     "empty question": (lambda s: {"question": ""}, "question"),
     "blank question": (lambda s: {"question": "   \n\t "}, "question"),
-    "too long": (lambda s: {"question": "x" * (s.max_question_chars + 1)}, "question"),
+    "too long": (lambda s: {"question": "x" * (s.policy.max_question_chars + 1)}, "question"),
     "number": (lambda s: {"question": 42}, "question"),
     "list question": (lambda s: {"question": ["How often?"]}, "question"),
     "missing question": (lambda s: {}, "question"),
@@ -200,7 +203,7 @@ def test_bad_requests_are_422_with_a_readable_message(
 
 
 def test_too_long_question_names_the_limit(api: str, client: httpx.Client, api_settings: Settings) -> None:
-    limit = api_settings.max_question_chars
+    limit = api_settings.policy.max_question_chars
     body = assert_error(
         client.post(f"{api}/api/ask", json={"question": "x" * (limit + 1)}), 422, "invalid_request"
     )
@@ -342,7 +345,7 @@ def test_question_text_is_logged_only_when_enabled(
     r = client.post(f"{api}/api/ask", json={"question": private})
     assert r.status_code == 200
     assert private not in caplog.text
-    ours = [rec for rec in caplog.records if rec.name == "ivig_qa.web.app"]
+    ours = [rec for rec in caplog.records if rec.name == "ivig_qa.web.api"]
     assert any(getattr(rec, "request_id", None) == r.headers["x-request-id"] for rec in ours)
     caplog.clear()
     r = client.post(f"{locked}/api/ask", json={"question": private}, headers={"X-API-Key": API_KEY})
@@ -359,13 +362,13 @@ def test_feedback_is_stored_without_the_question_by_default(
     r = client.post(f"{api}/api/feedback", json=payload)
     assert r.status_code == 201, r.text
     assert r.json()["question_stored"] is False
-    stored = FeedbackStore(api_settings.feedback_db).recent()
+    stored = FeedbackStore(api_settings.server.feedback_db).recent()
     mine = [f for f in stored if f.answer_id == answer_id]
     assert len(mine) == 1 and mine[0].rating == "down" and mine[0].comment == "too long"
     assert mine[0].question is None
     r = client.post(f"{locked}/api/feedback", json=payload, headers={"X-API-Key": API_KEY})
     assert r.status_code == 201 and r.json()["question_stored"] is True
-    assert FeedbackStore(locked_settings.feedback_db).recent(1)[0].question == QUESTION
+    assert FeedbackStore(locked_settings.server.feedback_db).recent(1)[0].question == QUESTION
     assert_error(
         client.post(f"{api}/api/feedback", json={**payload, "rating": "meh"}), 422, "invalid_request"
     )
@@ -451,8 +454,8 @@ def test_openapi_docs_show_the_limits(api: str, client: httpx.Client, api_settin
     for path in ("/api/ask", "/api/ask/stream", "/api/health", "/api/sources/{doc_id}", "/api/feedback"):
         assert path in spec["paths"]
     schema = spec["components"]["schemas"]["AskRequest"]["properties"]
-    assert schema["question"]["maxLength"] == api_settings.max_question_chars
-    assert schema["history"]["maxItems"] == api_settings.max_history_turns
+    assert schema["question"]["maxLength"] == api_settings.policy.max_question_chars
+    assert schema["history"]["maxItems"] == api_settings.policy.max_history_turns
     assert client.get(f"{api}/api/docs").status_code == 200
 
 
@@ -472,7 +475,7 @@ def test_chat_widget_and_pages_are_served_next_to_the_api(api: str, client: http
 
 
 def test_index_build_progress_is_logged_in_steps(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="ivig_qa.web.app")
+    caplog.set_level(logging.INFO, logger="ivig_qa.web.lifecycle")
     report = progress_logger(step_percent=25)
     for done in range(1, 81):
         report(done, 80, "ivig-lupus")

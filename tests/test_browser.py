@@ -18,8 +18,9 @@ import pytest
 from ivig_qa.assistant import Assistant
 from ivig_qa.feedback import FeedbackStore
 from ivig_qa.policy.wording import DISCLAIMER
-from ivig_qa.web.app import BackgroundServer, create_app
 from ivig_qa.settings import Settings
+from ivig_qa.testing import BackgroundServer
+from ivig_qa.web.app import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -47,7 +48,7 @@ TIMEOUT_MS = 60_000
 @pytest.fixture(scope="module")
 def ui_settings(session_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     db = tmp_path_factory.mktemp("browser") / "feedback.sqlite3"
-    return session_settings.model_copy(update={"feedback_db": db, "rate_limit_per_minute": 10_000})
+    return session_settings.updated(**{"feedback_db": db, "rate_limit_per_minute": 10_000})
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +156,13 @@ def test_chat_answers_with_sources_and_the_disclaimer(
     page.screenshot(path=str(artifacts_dir / "chat.png"))
 
     # Thumbs up is stored against the answer id, without the question (log_questions is off).
-    before = FeedbackStore(ui_settings.feedback_db).count()
+    before = FeedbackStore(ui_settings.server.feedback_db).count()
     page.get_by_role("button", name="Like", exact=True).last.click()
     for _ in range(50):
-        if FeedbackStore(ui_settings.feedback_db).count() > before:
+        if FeedbackStore(ui_settings.server.feedback_db).count() > before:
             break
         time.sleep(0.1)
-    stored = FeedbackStore(ui_settings.feedback_db).recent(1)[0]
+    stored = FeedbackStore(ui_settings.server.feedback_db).recent(1)[0]
     assert (
         stored.rating == "up" and re.fullmatch(r"[0-9a-f]{32}", stored.answer_id) and stored.question is None
     )

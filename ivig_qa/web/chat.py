@@ -1,11 +1,4 @@
-"""The Gradio chat: streamed answers with their sources, examples, feedback, and the disclaimer on screen.
-
-``build_chat_app`` makes the Blocks; ``mount_chat`` puts it at ``/`` of the API server
-(Gradio 6 takes CSS and theme at mount/launch time, not in the Blocks constructor).
-
-Everything shown that comes from a person or a source passes through ``md_text`` or
-``md_answer`` first, so HTML typed into a question is displayed, never run.
-"""
+"""The Gradio chat: streamed answers with their sources, examples, feedback and the disclaimer."""
 
 from __future__ import annotations
 
@@ -16,7 +9,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import gradio as gr
@@ -30,7 +23,6 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from ivig_qa.assistant import Assistant
-    from ivig_qa.web.app import TokenBucketLimiter
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +31,15 @@ STARTING_TEXT = "The assistant is still starting (opening its sources). Please t
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
 
 
+class Limiter(Protocol):
+    """The app's rate limiter: ``take(client)`` is 0.0 when allowed, else the seconds to wait."""
+
+    def take(self, client: str) -> float: ...
+
+
 # --- escaping ---------------------------------------------------------------------------------
+# Everything shown that comes from a person or a source passes through ``md_text`` or
+# ``md_answer`` first, so HTML typed into a question is displayed, never run.
 def md_text(text: str) -> str:
     """Literal text inside Markdown: HTML escaped, Markdown punctuation backslash-escaped."""
     return html.escape(_MD_SPECIAL.sub(r"\\\1", text), quote=False)
@@ -105,7 +105,7 @@ class ChatHandlers:
 
     get_assistant: Callable[[], Assistant | None]
     settings: Settings
-    limiter: TokenBucketLimiter | None
+    limiter: Limiter
     feedback: FeedbackStore
 
     def respond(
@@ -127,11 +127,11 @@ class ChatHandlers:
             session.set_reply(STARTING_TEXT)
             yield session.shown, session, question
             return
-        if self.settings.log_questions:
+        if self.settings.server.log_questions:
             log.info("chat question: %r", question)
         yield session.shown, session, ""
         text = ""
-        history = session.history[-self.settings.max_history_turns :]
+        history = session.history[-self.settings.policy.max_history_turns :]
         for piece in assistant.stream(question, history):
             if isinstance(piece, Answer):
                 session.finish(question, piece)
@@ -143,8 +143,6 @@ class ChatHandlers:
 
     def _refusal(self, request: gr.Request | None) -> str | None:
         """The rate limit applies to the chat as to the API (same buckets, keyed by client IP)."""
-        if self.limiter is None:
-            return None
         client = request.client.host if request is not None and request.client else "unknown"
         wait = self.limiter.take(client)
         if wait > 0:
@@ -175,7 +173,7 @@ class ChatHandlers:
 # --- layout ---------------------------------------------------------------------------------------
 def _header_html(settings: Settings) -> str:
     return (
-        f'<div class="ivig-header"><h1>{html.escape(settings.app_title)}</h1>'
+        f'<div class="ivig-header"><h1>{html.escape(settings.server.app_title)}</h1>'
         "<p>Answers come only from a few published sources about IVIG. Every sentence is quoted "
         "word for word, with a link to read it in its source.</p></div>"
     )
@@ -187,25 +185,21 @@ def _disclaimer_html() -> str:
 
 
 def build_chat_app(
-    assistant: Assistant | Callable[[], Assistant | None],
+    get_assistant: Callable[[], Assistant | None],
     settings: Settings,
     *,
-    limiter: TokenBucketLimiter | None = None,
-    feedback: FeedbackStore | None = None,
+    limiter: Limiter,
+    feedback: FeedbackStore,
 ) -> gr.Blocks:
-    """The chat as a Gradio Blocks app.
+    """The chat as a Gradio Blocks app, using the server's assistant, rate limiter and feedback store.
 
-    ``assistant`` may be a callable returning the assistant (or ``None`` while the server
-    is still opening the index), so the chat can be mounted before start-up finishes.
+    ``get_assistant`` returns ``None`` while the server is still opening the index, so the
+    chat can be mounted before start-up finishes.
     """
-    get_assistant = assistant if callable(assistant) else (lambda: assistant)
     handlers = ChatHandlers(
-        get_assistant=get_assistant,
-        settings=settings,
-        limiter=limiter,
-        feedback=feedback or FeedbackStore(settings.feedback_db, store_questions=settings.log_questions),
+        get_assistant=get_assistant, settings=settings, limiter=limiter, feedback=feedback
     )
-    with gr.Blocks(title=settings.app_title, fill_height=True, analytics_enabled=False) as app:
+    with gr.Blocks(title=settings.server.app_title, fill_height=True, analytics_enabled=False) as app:
         session = gr.State(ChatSession())
         gr.HTML(_header_html(settings), elem_id="ivig-header", js_on_load=None)
         chatbot = gr.Chatbot(
@@ -216,7 +210,7 @@ def build_chat_app(
             height=None,
             min_height=240,
             layout="bubble",
-            examples=[{"text": q} for q in settings.example_questions],
+            examples=[{"text": q} for q in settings.server.example_questions],
             placeholder="Ask a question about IVIG, or pick an example.",
             feedback_options=("Like", "Dislike"),
             buttons=["copy"],
@@ -230,7 +224,7 @@ def build_chat_app(
             show_label=False,
             placeholder="Type your question…",
             max_lines=4,
-            max_length=settings.max_question_chars,
+            max_length=settings.policy.max_question_chars,
             submit_btn="Ask",
             autofocus=True,
         )
@@ -238,7 +232,7 @@ def build_chat_app(
 
         # Private: the JSON API under /api (with its key and limits) is the programmatic way in.
         outputs = [chatbot, session, box]
-        slots = settings.max_concurrent_answers
+        slots = settings.server.max_concurrent_answers
         box.submit(
             handlers.respond,
             [box, session],
@@ -259,12 +253,15 @@ def chat_css() -> str:
     return CSS_FILE.read_text("utf-8")
 
 
-def mount_chat(app: FastAPI, blocks: gr.Blocks, path: str = "/") -> FastAPI:
-    """Mount the chat on the API server (call it after adding the API routes: ``/`` catches all)."""
-    return gr.mount_gradio_app(
+def mount_chat(app: FastAPI, blocks: gr.Blocks) -> None:
+    """Mount the chat at ``/`` of the API server (call it after adding the API routes: ``/`` catches all).
+
+    Gradio 6 takes CSS and theme at mount/launch time, not in the Blocks constructor.
+    """
+    gr.mount_gradio_app(
         app,
         blocks,
-        path=path,
+        path="/",
         head=f"<style>{chat_css()}</style>",  # as is: Gradio would scope ``css`` inside the app
         footer_links=[],
         run_history=False,

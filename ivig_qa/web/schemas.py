@@ -1,0 +1,123 @@
+"""The API's request and response models (pydantic), as the OpenAPI docs show them."""
+
+# No ``from __future__ import annotations`` here: the request models are built per app
+# (their limits come from Settings) and FastAPI must see the real classes in signatures.
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ivig_qa import __version__
+from ivig_qa.feedback import Rating
+from ivig_qa.settings import Settings
+from ivig_qa.types import Message, SourceDocument
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Where in the request, e.g. `history[2].role`.")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API returns, 4xx or 5xx: never a traceback."""
+
+    error: str = Field(description="A stable code, e.g. `invalid_request`, `rate_limited`.")
+    message: str = Field(description="A sentence a person can read.")
+    request_id: str
+    details: list[FieldError] = Field(default_factory=list)
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ready", "loading", "error"]
+    ready: bool
+    documents: int = 0
+    chunks: int = 0
+    engine: str
+    version: str = __version__
+    index_version: str | None = None
+    error: str | None = None
+
+
+class ClientConfig(BaseModel):
+    """What the widget needs before the first question (title, disclaimer, limits)."""
+
+    title: str
+    disclaimer: str
+    examples: list[str]
+    max_question_chars: int
+    max_history_turns: int
+    version: str = __version__
+
+
+class SourcePassage(BaseModel):
+    """A content block of the source; offsets point into the original file like citations."""
+
+    start: int
+    end: int
+    heading: str
+    text: str
+
+
+class SourceView(BaseModel):
+    doc_id: str
+    title: str
+    metadata: dict[str, Any]
+    text: str = Field(description="The cleaned text (page furniture removed).")
+    passages: list[SourcePassage]
+
+    @classmethod
+    def of(cls, doc: SourceDocument) -> "SourceView":
+        passages = [
+            SourcePassage(
+                start=b.span.start,
+                end=b.span.end,
+                heading=b.heading,
+                text=doc.text[b.span.start : b.span.end],
+            )
+            for b in doc.blocks
+        ]
+        return cls(
+            doc_id=doc.doc_id,
+            title=doc.title,
+            metadata=doc.metadata,
+            text=doc.cleaned_text(),
+            passages=passages,
+        )
+
+
+class FeedbackAck(BaseModel):
+    id: int
+    answer_id: str
+    rating: Rating
+    question_stored: bool
+
+
+def request_models(settings: Settings) -> type[BaseModel]:
+    """The ask request schema with the operator's limits in it (and so in the OpenAPI docs)."""
+    question_type = Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.policy.max_question_chars),
+    ]
+    content_type = Annotated[str, StringConstraints(max_length=settings.policy.max_history_message_chars)]
+
+    class HistoryTurn(BaseModel):
+        """One earlier message of the conversation."""
+
+        model_config = ConfigDict(extra="forbid")
+        role: Literal["user", "assistant"]
+        content: content_type  # type: ignore[valid-type]
+
+    class AskRequest(BaseModel):
+        """A question and the conversation so far (oldest first)."""
+
+        model_config = ConfigDict(
+            extra="forbid",
+            json_schema_extra={"examples": [{"question": "How often is IVIG given?", "history": []}]},
+        )
+        question: question_type  # type: ignore[valid-type]
+        history: list[HistoryTurn] = Field(default_factory=list, max_length=settings.policy.max_history_turns)
+
+        def turns(self) -> list[Message]:
+            return [Message(role=t.role, content=t.content) for t in self.history]
+
+    return AskRequest
