@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import httpx
 from pydantic import SecretStr
@@ -66,7 +67,37 @@ def script_path(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-class ChromaServer:
+class _ServerProcess:
+    """A server child process on a loopback port; ``with`` starts it and stops it."""
+
+    port: int
+    log_file: Path
+    proc: subprocess.Popen | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _launch(self, cmd: list[str], env: dict[str, str], health: str, timeout: float, what: str) -> None:
+        """Start ``cmd``, output appended to the log file; return once ``health`` (a path) answers."""
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_until(lambda: answers(f"{self.url}{health}"), timeout, what, self.proc)
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+class ChromaServer(_ServerProcess):
     """A ``chroma run`` server on a loopback port, persisting to ``path``; restartable.
 
     ``stop()`` kills it (SIGKILL: a crash, not a clean shutdown), ``pause()`` freezes it
@@ -78,26 +109,12 @@ class ChromaServer:
         self.path = Path(path)
         self.port = port or free_port()
         self.log_file = log_file or self.path.with_name(f"{self.path.name}-chroma.log")
-        self.proc: subprocess.Popen | None = None
+        self.proc = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> ChromaServer:
-        cmd = [
-            script_path("chroma"),
-            "run",
-            "--path",
-            str(self.path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
-        with self.log_file.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=quiet_env())
-        wait_until(lambda: answers(f"{self.url}/api/v2/heartbeat"), timeout, "chroma server", self.proc)
+    def start(self, timeout: float = 60.0) -> Self:
+        cmd = [script_path("chroma"), "run", "--path", str(self.path)]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
+        self._launch(cmd, quiet_env(), "/api/v2/heartbeat", timeout, "chroma server")
         return self
 
     def pause(self) -> None:
@@ -114,34 +131,20 @@ class ChromaServer:
             self.proc.wait(timeout=30)
         self.proc = None
 
-    def __enter__(self) -> ChromaServer:
-        return self.start()
 
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-
-class AppServer:
+class AppServer(_ServerProcess):
     """An ``ivig-qa serve`` process on a free loopback port, configured through environment settings."""
 
     def __init__(self, settings_env: dict[str, str], log_file: Path, port: int | None = None) -> None:
         self.port = port or free_port()
         self.env = quiet_env(**{**settings_env, "IVIG_QA_HOST": "127.0.0.1", "IVIG_QA_PORT": str(self.port)})
         self.log_file = log_file
-        self.proc: subprocess.Popen | None = None
+        self.proc = None
         self.ready_s = math.nan
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 180.0) -> AppServer:
+    def start(self, timeout: float = 180.0) -> Self:
         started = time.perf_counter()
-        with self.log_file.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [script_path("ivig-qa"), "serve"], stdout=log, stderr=subprocess.STDOUT, env=self.env
-            )
-        wait_until(lambda: answers(f"{self.url}/api/health"), timeout, "ivig-qa serve", self.proc)
+        self._launch([script_path("ivig-qa"), "serve"], self.env, "/api/health", timeout, "ivig-qa serve")
         self.ready_s = time.perf_counter() - started
         return self
 
@@ -160,12 +163,6 @@ class AppServer:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
         self.proc = None
-
-    def __enter__(self) -> AppServer:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
