@@ -29,7 +29,7 @@ from chromadb.api.shared_system_client import SharedSystemClient
 from typer.testing import CliRunner
 
 from ivig_qa.assistant import Assistant
-from ivig_qa.bench.runner import scale_corpus
+from ivig_qa.bench.corpora import scale_corpus
 from ivig_qa.cli import app
 from ivig_qa.index import IndexStore
 from ivig_qa.settings import Settings
