@@ -6,14 +6,28 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ivig_qa.settings import Settings
+
+if TYPE_CHECKING:
+    from ivig_qa.types import Chunk, SourceDocument
 
 
 def load_questions(path: Path) -> list[str]:
     """The ``question`` field of every line of an evaluation set."""
     lines = path.read_text("utf-8").splitlines()
     return [json.loads(line)["question"] for line in lines if line.strip()]
+
+
+def corpus_chunks(corpus_dir: Path, settings: Settings) -> tuple[list[SourceDocument], list[Chunk]]:
+    """The documents in ``corpus_dir`` and their chunks, cut as an index with ``settings`` cuts them."""
+    from ivig_qa.chunking import chunk_corpus
+    from ivig_qa.corpus import load_corpus
+    from ivig_qa.index import IndexStore
+
+    docs = load_corpus(corpus_dir).documents
+    return docs, chunk_corpus(docs, IndexStore(settings).chunker_settings())
 
 
 def _vary(text: str, copy: int) -> str:
@@ -27,12 +41,10 @@ def scale_corpus(src: Path, dst: Path, min_chunks: int, chunk_settings: Settings
     Each copy gets its own file names, titles (in sources.toml) and sentence text.
     Returns the number of copies.
     """
-    from ivig_qa.chunking import chunk_corpus
-    from ivig_qa.corpus import load_corpus, read_sources
-    from ivig_qa.index import IndexStore
+    from ivig_qa.corpus import read_sources
 
-    docs = load_corpus(src).documents
-    per_copy = len(chunk_corpus(docs, IndexStore(chunk_settings).chunker_settings()))
+    docs, chunks = corpus_chunks(src, chunk_settings)
+    per_copy = len(chunks)
     copies = max(1, math.ceil(min_chunks / max(1, per_copy) * 1.02))
     sources = read_sources(src)
     dst.mkdir(parents=True, exist_ok=True)

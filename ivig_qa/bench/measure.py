@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from ivig_qa.bench.corpora import corpus_chunks
 from ivig_qa.settings import Settings
 from ivig_qa.testing import AppServer, quiet_env
 
@@ -281,13 +282,10 @@ def measure_build(settings: Settings, label: str, repeat: int = 1) -> BuildResul
     """
     from sentence_transformers import SentenceTransformer
 
-    from ivig_qa.chunking import chunk_corpus
-    from ivig_qa.corpus import load_corpus
     from ivig_qa.embeddings import load_embeddings, resolve_model_path, use_torch_threads
     from ivig_qa.index import IndexStore, embedding_texts
 
-    docs = load_corpus(settings.corpus_dir).documents
-    chunks = chunk_corpus(docs, IndexStore(settings).chunker_settings())
+    docs, chunks = corpus_chunks(settings.corpus_dir, settings)
     texts = embedding_texts(chunks)
     model = SentenceTransformer(str(resolve_model_path(settings.embedding_model)), device="cpu")
     use_torch_threads(settings.build_threads)  # the bare encode gets the threads a build gets

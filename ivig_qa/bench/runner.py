@@ -67,7 +67,7 @@ class BenchConfig:
 def run_bench(settings: Settings, config: BenchConfig, step: Step = lambda _m: None) -> BenchReport:
     """Every measurement, in an order that keeps them from disturbing each other."""
     began, started_at = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = _load_average()
     questions = load_questions(config.questions_file)
     builds: list[BuildResult] = []
     with _workdir() as work:
@@ -120,9 +120,13 @@ def _environment(started_at: str, load_before: list[float], seconds: float) -> E
         cpus=os.cpu_count() or 0,
         torch_threads=torch.get_num_threads(),
         load_before=load_before,
-        load_after=[round(x, 2) for x in os.getloadavg()],
+        load_after=_load_average(),
         python=platform.python_version(),
         platform=platform.platform(),
         started_at=started_at,
         seconds=round(seconds, 1),
     )
+
+
+def _load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
