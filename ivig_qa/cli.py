@@ -364,7 +364,7 @@ def bench(
     config: ConfigOpt = None,
 ) -> None:
     """Measure answer latency, HTTP throughput, cold start, index build speed and memory."""
-    from ivig_qa.bench import runner as b
+    from ivig_qa import bench as b
 
     settings = load_settings(config)
     if not set_file.is_file():

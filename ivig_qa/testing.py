@@ -2,17 +2,206 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.request
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
 
+import httpx
 import uvicorn
+from pydantic import SecretStr
 
 from ivig_qa.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None
+) -> None:
+    """Poll ``check`` until it is true; fail early when ``proc`` has exited."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not up after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def answers(url: str, timeout: float = 2.0) -> bool:
+    """True when ``url`` answers 200."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def quiet_env(**overrides: str) -> dict[str, str]:
+    """The environment for child processes: offline, no telemetry, and exactly the given settings.
+
+    Inherited ``IVIG_QA_*`` variables are dropped so a child gets only what the caller chose.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IVIG_QA_")}
+    env.update(HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False", GRADIO_ANALYTICS_ENABLED="False")
+    env.update(overrides)
+    return env
+
+
+def script_path(name: str) -> str:
+    """A console script of this environment (next to the running interpreter)."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+class _ServerProcess:
+    """A server child process on a loopback port; ``with`` starts it and stops it."""
+
+    port: int
+    log_file: Path
+    proc: subprocess.Popen | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _launch(self, cmd: list[str], env: dict[str, str], health: str, timeout: float, what: str) -> None:
+        """Start ``cmd``, output appended to the log file; return once ``health`` (a path) answers."""
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_until(lambda: answers(f"{self.url}{health}"), timeout, what, self.proc)
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+class ChromaServer(_ServerProcess):
+    """A ``chroma run`` server on a loopback port, persisting to ``path``; restartable.
+
+    ``stop()`` kills it (SIGKILL: a crash, not a clean shutdown), ``pause()`` freezes it
+    (SIGSTOP: a hung server that accepts connections but never answers), ``start()``
+    brings it back on the same port and path.
+    """
+
+    def __init__(self, path: Path, port: int | None = None, log_file: Path | None = None) -> None:
+        self.path = Path(path)
+        self.port = port or free_port()
+        self.log_file = log_file or self.path.with_name(f"{self.path.name}-chroma.log")
+        self.proc = None
+
+    def start(self, timeout: float = 60.0) -> Self:
+        cmd = [script_path("chroma"), "run", "--path", str(self.path)]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
+        self._launch(cmd, quiet_env(), "/api/v2/heartbeat", timeout, "chroma server")
+        return self
+
+    def pause(self) -> None:
+        if self.proc:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+class AppServer(_ServerProcess):
+    """An ``ivig-qa serve`` process on a free loopback port, configured through environment settings."""
+
+    def __init__(self, settings_env: dict[str, str], log_file: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.env = quiet_env(
+            **{**settings_env, "IVIG_QA_SERVER__HOST": "127.0.0.1", "IVIG_QA_SERVER__PORT": str(self.port)}
+        )
+        self.log_file = log_file
+        self.proc = None
+        self.ready_s = math.nan
+
+    def start(self, timeout: float = 180.0) -> Self:
+        started = time.perf_counter()
+        self._launch([script_path("ivig-qa"), "serve"], self.env, "/api/health", timeout, "ivig-qa serve")
+        self.ready_s = time.perf_counter() - started
+        return self
+
+    def memory_mb(self) -> tuple[float, float]:
+        """(peak RSS, current RSS) of the server process in MB, from /proc."""
+        if self.proc is None:
+            return math.nan, math.nan
+        return rss_mb(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        self.proc = None
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmHWM, VmRSS) of a process in MB (10^6 bytes); NaN where /proc is not available."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return math.nan, math.nan
+    kb = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(VmHWM|VmRSS):\s+(\d+) kB", status, re.M)}
+    return kb.get("VmHWM", 0) * 1024 / 1e6, kb.get("VmRSS", 0) * 1024 / 1e6
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every setting as an ``IVIG_QA_*`` variable, so child processes run exactly these settings.
+
+    ``IVIG_QA_CONFIG`` points at a file that does not exist: nothing else is read.
+    """
+    env: dict[str, str] = {}
+    as_json = settings.model_dump(mode="json")
+    for group, fields in settings:
+        for name, value in fields:
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            else:
+                plain = as_json[group][name]
+                text = plain if isinstance(plain, str) else json.dumps(plain)
+            env[f"IVIG_QA_{group.upper()}__{name.upper()}"] = text
+    env["IVIG_QA_CONFIG"] = str(Path(tempfile.gettempdir()) / "ivig-qa-bench-no-config.toml")
+    return env
 
 
 class BackgroundServer:

@@ -161,7 +161,10 @@ def test_stream_sends_text_pieces_then_the_full_answer(api: str, client: httpx.C
 
 # --- validation -----------------------------------------------------------------------------------
 def _too_many_turns(s: Settings) -> dict:
-    return {"question": "hi", "history": [{"role": "user", "content": "hi"}] * (s.policy.max_history_turns + 1)}
+    return {
+        "question": "hi",
+        "history": [{"role": "user", "content": "hi"}] * (s.policy.max_history_turns + 1),
+    }
 
 
 # name: (payload for the server's settings, the field the error must name)

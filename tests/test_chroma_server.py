@@ -20,11 +20,10 @@ import pytest
 from typer.testing import CliRunner
 
 from ivig_qa.assistant import Assistant
-from ivig_qa.bench.runner import AppServer, ChromaServer, settings_env, wait_until
 from ivig_qa.cli import app
 from ivig_qa.index import IndexStore
 from ivig_qa.settings import Settings
-from ivig_qa.testing import BackgroundServer
+from ivig_qa.testing import AppServer, BackgroundServer, ChromaServer, settings_env, wait_until
 from ivig_qa.types import Status
 from ivig_qa.web.app import create_app
 
@@ -61,7 +60,7 @@ def server_settings(chroma: ChromaServer, tmp_path: Path, corpus_dir: Path) -> S
 
 
 def add_new_fact(settings: Settings) -> None:
-    path = settings.corpus_dir / "ivig-chronic-pain-review.txt"
+    path = settings.index.corpus_dir / "ivig-chronic-pain-review.txt"
     text = path.read_text("utf-8").replace("Publication types", f"{NEW_FACT}\n\nPublication types")
     path.write_text(text, "utf-8")
 
@@ -76,7 +75,7 @@ def test_index_and_answer_from_the_server(server_settings: Settings) -> None:
     summary = IndexStore(server_settings).build()
     assert summary.rebuilt and sorted(summary.embedded_documents) == sorted(SMALL_DOCS)
     assert summary.chunks > 0 and summary.sentences > summary.chunks
-    assert not server_settings.index_dir.exists()  # nothing local in server mode
+    assert not server_settings.index.index_dir.exists()  # nothing local in server mode
 
     assistant = Assistant.load(server_settings, build=False)
     answer = assistant.ask("How soon do infantile spasms respond to IVIG?")
@@ -101,7 +100,7 @@ def test_incremental_rebuild_reembeds_only_the_changed_document(server_settings:
 
     v1 = store.manifest().version
     # The replaced version stays one build longer for app servers still reading it…
-    (server_settings.corpus_dir / "ivig-chronic-pain-review.txt").unlink()
+    (server_settings.index.corpus_dir / "ivig-chronic-pain-review.txt").unlink()
     third = store.build()
     assert third.removed_documents == ["ivig-chronic-pain-review"]
     v2 = store.manifest().version
@@ -115,7 +114,7 @@ def test_cli_rebuild_drops_only_this_prefixs_collections_on_the_server(server_se
     store = IndexStore(server_settings)
     store.build()
     old = store.manifest().version
-    prefix = server_settings.collection_prefix
+    prefix = server_settings.index.collection_prefix
     crashed = f"{prefix}_chunks_v20000101000000abcdef"  # left by a build that died
     decoys = [f"{prefix}_x_chunks_{old}", f"{prefix}x_meta", f"{prefix}_notes"]  # not ours to drop
     for name in [crashed, *decoys]:
@@ -123,13 +122,13 @@ def test_cli_rebuild_drops_only_this_prefixs_collections_on_the_server(server_se
 
     result = CliRunner().invoke(app, ["index", "--rebuild"], env=settings_env(server_settings))
     assert result.exit_code == 0, result.output
-    assert server_settings.chroma_url in result.output
+    assert server_settings.index.chroma_url in result.output
 
     new = IndexStore(server_settings).manifest().version
     names = {c.name for c in store.client.list_collections()}
     assert new != old and versions_on_server(store) == {new}
     assert crashed not in names and set(decoys) <= names
-    assert not server_settings.index_dir.exists()
+    assert not server_settings.index.index_dir.exists()
 
 
 def wait_for_version(client: httpx.Client, url: str, version: str, timeout: float = 60) -> None:

@@ -29,11 +29,11 @@ from chromadb.api.shared_system_client import SharedSystemClient
 from typer.testing import CliRunner
 
 from ivig_qa.assistant import Assistant
-from ivig_qa.bench.runner import ChromaServer, quiet_env, scale_corpus, script_path, settings_env, wait_until
+from ivig_qa.bench.corpora import scale_corpus
 from ivig_qa.cli import app
 from ivig_qa.index import IndexStore
 from ivig_qa.settings import Settings
-from ivig_qa.testing import BackgroundServer
+from ivig_qa.testing import BackgroundServer, ChromaServer, quiet_env, script_path, settings_env, wait_until
 from ivig_qa.types import Status
 from ivig_qa.web.app import create_app
 
@@ -58,7 +58,9 @@ def collection_versions(settings: Settings) -> set[str]:
 
 # --- kill -9 during a build ---------------------------------------------------------------------------
 def test_kill_9_during_a_build_leaves_the_previous_index_answering(corpus_dir: Path, tmp_path: Path) -> None:
-    small = Settings(corpus_dir=small_corpus(corpus_dir, tmp_path / "small"), index_dir=tmp_path / "index")
+    small = Settings.load(
+        corpus_dir=small_corpus(corpus_dir, tmp_path / "small"), index_dir=tmp_path / "index"
+    )
     IndexStore(small).build()
     before = IndexStore(small).manifest()
     SharedSystemClient.clear_system_cache()  # the build below runs in another process
@@ -66,12 +68,12 @@ def test_kill_9_during_a_build_leaves_the_previous_index_answering(corpus_dir: P
     # A bigger corpus (the two documents plus ~120 chunks of varied copies), built by
     # `ivig-qa index` in small groups so it is killed with most of the work still to do.
     big_dir = tmp_path / "big"
-    scale_corpus(small.corpus_dir, big_dir, 120, small)
-    for path in small.corpus_dir.glob("*.txt"):
+    scale_corpus(small.index.corpus_dir, big_dir, 120, small)
+    for path in small.index.corpus_dir.glob("*.txt"):
         shutil.copy(path, big_dir)
     with (big_dir / "sources.toml").open("a", encoding="utf-8") as f:
-        f.write("\n" + (small.corpus_dir / "sources.toml").read_text("utf-8"))
-    big = small.model_copy(update={"corpus_dir": big_dir, "embedding_group_chunks": 16})
+        f.write("\n" + (small.index.corpus_dir / "sources.toml").read_text("utf-8"))
+    big = small.updated(**{"corpus_dir": big_dir, "embedding_group_chunks": 16})
 
     proc = subprocess.Popen(
         [script_path("ivig-qa"), "--verbose", "index"],
@@ -122,19 +124,19 @@ def test_kill_9_during_a_build_leaves_the_previous_index_answering(corpus_dir: P
 @pytest.fixture(scope="module")
 def built_index(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     root = tmp_path_factory.mktemp("damaged")
-    settings = Settings(corpus_dir=small_corpus(corpus_dir, root / "corpus"), index_dir=root / "index")
+    settings = Settings.load(corpus_dir=small_corpus(corpus_dir, root / "corpus"), index_dir=root / "index")
     IndexStore(settings).build()
     SharedSystemClient.clear_system_cache()
     return settings
 
 
 def write_garbage(settings: Settings) -> None:
-    (settings.index_dir / "chroma.sqlite3").write_bytes(b"this is not a database" * 200)
+    (settings.index.index_dir / "chroma.sqlite3").write_bytes(b"this is not a database" * 200)
 
 
 def cut_in_half(settings: Settings) -> None:
     """A half-written database file, as a full disk or a copy interrupted midway leaves it."""
-    path = settings.index_dir / "chroma.sqlite3"
+    path = settings.index.index_dir / "chroma.sqlite3"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
 
@@ -153,8 +155,8 @@ DAMAGE = {"garbage": write_garbage, "half-written": cut_in_half, "version missin
 def test_a_damaged_index_gives_a_clear_message_and_rebuild_fixes_it(
     built_index: Settings, tmp_path: Path, damage: str
 ) -> None:
-    settings = built_index.model_copy(update={"index_dir": tmp_path / "index"})
-    shutil.copytree(built_index.index_dir, settings.index_dir)
+    settings = built_index.updated(**{"index_dir": tmp_path / "index"})
+    shutil.copytree(built_index.index.index_dir, settings.index.index_dir)
     DAMAGE[damage](settings)
     env = settings_env(settings)
     runner = CliRunner()
