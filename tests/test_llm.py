@@ -57,8 +57,7 @@ def fake_engine(
 def sources_for(assistant: Assistant, question: str):
     engine = fake_engine(assistant, ["unused"])
     retrieval = assistant.retriever.retrieve(question)
-    sources, _best = engine.sources(question, retrieval)
-    return retrieval, sources
+    return retrieval, engine.plan(question, retrieval).sources
 
 
 def assert_citations_verbatim(answer_or_citations, corpus_dir: Path) -> None:
@@ -142,12 +141,13 @@ def test_unsupported_sentences_are_dropped_and_citations_attached_in_code(assist
     )
     engine = fake_engine(assistant, [generated])
     found = engine.compose(question, retrieval)
-    assert found.engine == "llm:fake"
+    assert found.engine == "llm:fake" and found.generated and found.fallback_reason is None
     assert found.text.startswith("IVIG infusions are usually given once or twice a month [1].")
     assert "9 g/kg" not in found.text and "doctor" not in found.text
     assert len(found.citations) == 1 and "once or twice a month" in found.citations[0].quote
     assert found.timings["dropped_sentences"] == 2 and found.timings["kept_sentences"] == 1
-    assert any("number" in why for text, why in found.dropped if "9 g/kg" in text)
+    _kept, dropped = engine.verify(split_generated(generated), sources)  # the reasons, per sentence
+    assert any("number" in why for text, why in dropped if "9 g/kg" in text)
     assert_citations_verbatim(found.citations, assistant.settings.corpus_dir)
 
 
@@ -198,6 +198,7 @@ def test_fallback_to_the_extractive_engine(
         engine.model.chat.sleep = 0.2  # per streamed character
     found = engine.compose(question, retrieval)
     assert found.engine == f"extractive ({reason})"
+    assert not found.generated and found.fallback_reason == reason.removeprefix("llm fallback: ")
     assert found.text == engine.extractive.compose(question, retrieval).text
 
 
@@ -419,7 +420,7 @@ def test_real_judge_removes_an_injected_wrong_sentence(real_assistant: Assistant
     engine: LLMEngine = real_assistant.engine
     question = "for lupus pts how often do they hook u up to the drip"
     retrieval = real_assistant.retriever.retrieve(question)
-    sources, _best = engine.sources(question, retrieval)
+    sources = engine.plan(question, retrieval).sources
     monthly = next(s for s in sources if "once or twice a month" in s.text)
     generated = split_generated(
         f"IVIG is usually given as an infusion once or twice a month [{monthly.n}]. "

@@ -14,9 +14,10 @@
    appears in that source, most of its content words do, a negation is not invented, and the
    same model says yes to "does this source support this sentence?". Kept sentences cite the
    source that passed (its verbatim sentence(s) are the citation's ``quote``); the others are
-   dropped and counted in ``timings_ms["dropped_sentences"]``.
+   dropped and counted in ``timings["dropped_sentences"]``. Such an answer has ``generated=True``.
 4. **Fallback.** When nothing survives, or the model times out or fails, the extractive engine
-   answers and ``engine`` says why, e.g. ``"extractive (llm fallback: timeout)"``.
+   answers: ``fallback_reason`` says why, and ``engine`` too, e.g.
+   ``"extractive (llm fallback: timeout)"``.
 
 The guardrails (triage, refusals, the disclaimer) stay in ``Assistant``; the model never
 decides them. ``LLMSupportChecker`` is the same check for ``ivig-qa eval --checker llm``.
@@ -36,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ivig_qa.embeddings import ModelNotFoundError
-from ivig_qa.engines.extractive import Candidate, Composition, ExtractiveEngine, compose_quotes
+from ivig_qa.engines.base import Composition
+from ivig_qa.engines.extractive import Candidate, ExtractiveEngine, compose_quotes
 from ivig_qa.engines.llm.models import INSTALL_HINT
 from ivig_qa.retrieval import Retrieval, tokenize
 from ivig_qa.settings import Settings
@@ -589,17 +591,8 @@ class Plan:
     supporting quotes and any fallback, the scored candidates (scored once per question)."""
 
     sources: list[Source]
-    best: float
     ranked: list[Candidate]
     selected: list[Candidate]
-
-
-@dataclass
-class LLMComposition(Composition):
-    """A composition plus what the LLM engine measured (merged into ``Answer.timings_ms``)."""
-
-    timings: dict[str, float] = field(default_factory=dict)
-    dropped: list[tuple[str, str]] = field(default_factory=list)  # (sentence, why)
 
 
 SYSTEM_PROMPT = (
@@ -633,20 +626,14 @@ class LLMEngine:
         return cls(retriever, settings, load_chat_model(settings))
 
     # -- the prompt --------------------------------------------------------------------
-    def sources(self, question: str, retrieval: Retrieval) -> tuple[list[Source], float]:
-        """The numbered sources for the prompt and the best similarity (see ``plan``)."""
-        plan = self.plan(question, retrieval)
-        return plan.sources, plan.best
-
     def plan(self, question: str, retrieval: Retrieval) -> Plan:
         """The sentences the extractive engine would quote, within the prompt budget, numbered.
 
         Offering the model only the extractive selection (strong enough, de-duplicated, spread
-        over the documents) keeps a small model on topic. Also returns the best similarity and
-        the candidates (for the supporting quotes and the fallback).
+        over the documents) keeps a small model on topic. Also returns the candidates (for the
+        supporting quotes and the fallback).
         """
         ranked = self.extractive.candidates(question, retrieval)
-        best = max((c.similarity for c in ranked), default=0.0)
         selected = self.extractive.select(ranked)
         s = self.settings
         budget = s.llm_context_tokens * CHARS_PER_TOKEN  # the whole prompt, titles included
@@ -676,7 +663,7 @@ class LLMEngine:
         doc_order = list(dict.fromkeys(c.sentence.doc_id for c, *_ in picked))
         ordered = sorted(picked, key=lambda p: doc_order.index(p[0].sentence.doc_id))
         numbered = [Source(i, c, st, en, text) for i, (c, st, en, text) in enumerate(ordered, start=1)]
-        return Plan(numbered, best, ranked, selected)
+        return Plan(numbered, ranked, selected)
 
     @staticmethod
     def prompt_text(question: str, sources: list[Source]) -> str:
@@ -818,10 +805,10 @@ class LLMEngine:
         timings: dict[str, float] = {}
         since = time.perf_counter()
         plan = self.plan(question, retrieval)
-        sources, best = plan.sources, plan.best
-        if not sources or best < self.settings.min_support_score:
+        sources = plan.sources
+        if not sources or retrieval.best_similarity < self.settings.min_support_score:
             # The guardrails will say "not in the sources"; no need to run the model.
-            yield self._fallback(plan, limit, "llm skipped: no relevant sources", timings)
+            yield self._fallback(plan, limit, "no relevant sources", timings, skipped=True)
             return
         messages = self.messages(question, sources)
         text = ""
@@ -831,12 +818,11 @@ class LLMEngine:
                 yield piece
         except LLMTimeout:
             log.warning("LLM timed out; the extractive engine answers")
-            yield self._fallback(plan, limit, "llm fallback: timeout", timings)
+            yield self._fallback(plan, limit, "timeout", timings)
             return
         except Exception as exc:
             log.warning("LLM failed (%s); the extractive engine answers", exc)
-            reason = f"llm fallback: error ({type(exc).__name__})"
-            yield self._fallback(plan, limit, reason, timings)
+            yield self._fallback(plan, limit, f"error ({type(exc).__name__})", timings)
             return
         started = time.perf_counter()
         budget = _Budget(self.settings.llm_judge_max_calls, since + self.settings.llm_timeout_s)
@@ -844,8 +830,7 @@ class LLMEngine:
             kept, dropped = self.verify(split_generated(text), sources, budget)
         except Exception as exc:
             log.warning("LLM verification failed (%s); the extractive engine answers", exc)
-            reason = f"llm fallback: verification error ({type(exc).__name__})"
-            yield self._fallback(plan, limit, reason, timings)
+            yield self._fallback(plan, limit, f"verification error ({type(exc).__name__})", timings)
             return
         if limit is not None:
             dropped += [(g.text, "over the sentence limit") for g, _ in kept[limit:]]
@@ -859,14 +844,12 @@ class LLMEngine:
         for sentence, why in dropped:
             log.info("dropped unsupported sentence (%s): %r", why, sentence)
         if not kept:
-            composition = self._fallback(plan, limit, "llm fallback: nothing verified", timings)
-            composition.dropped = dropped
-            yield composition
+            yield self._fallback(plan, limit, "nothing verified", timings)
             return
         quotes = self._supporting_quotes(kept, plan.selected, limit)
         timings["supporting_quotes"] = float(len(quotes))
         body, citations = render(kept, quotes)
-        yield LLMComposition(body, citations, self.name, best, timings=timings, dropped=dropped)
+        yield Composition(body, citations, self.name, generated=True, timings=timings)
 
     def _supporting_quotes(
         self, kept: list[tuple[Generated, list[Source]]], selected: list[Candidate], limit: int | None
@@ -890,12 +873,18 @@ class LLMEngine:
         return out
 
     def _fallback(
-        self, plan: Plan, limit: int | None, reason: str, timings: dict[str, float]
-    ) -> LLMComposition:
-        """The extractive engine's answer, from the candidates the plan already scored."""
+        self, plan: Plan, limit: int | None, reason: str, timings: dict[str, float], skipped: bool = False
+    ) -> Composition:
+        """The extractive engine's answer, from the candidates the plan already scored.
+
+        ``reason`` becomes ``fallback_reason``; the ``engine`` shown to users says it too, e.g.
+        ``"extractive (llm fallback: timeout)"`` or, when the model was not run at all,
+        ``"extractive (llm skipped: no relevant sources)"``.
+        """
         chosen = plan.selected if limit is None else self.extractive.select(plan.ranked, limit)
         base = compose_quotes(chosen, self.extractive.name)
-        return LLMComposition(base.text, base.citations, f"extractive ({reason})", plan.best, timings=timings)
+        engine = f"extractive (llm {'skipped' if skipped else 'fallback'}: {reason})"
+        return Composition(base.text, base.citations, engine, fallback_reason=reason, timings=timings)
 
 
 SUPPORTING_QUOTES_LEAD = "More from the sources, word for word:"
