@@ -440,13 +440,13 @@ def test_real_model_streams_tokens(real_assistant: Assistant) -> None:
     assert answer.timings_ms["llm_first_token"] < answer.timings_ms["total"]
 
 
-def test_fallback_chat_model_without_langchain_community(real_assistant: Assistant) -> None:
+def test_llamacpp_chat_model_invokes_and_streams(real_assistant: Assistant) -> None:
     from langchain_core.messages import HumanMessage
 
-    from ivig_qa.engines.llm.engine import LlamaCppChat, resolve_gguf
+    from ivig_qa.engines.llm.engine import llamacpp_chat, resolve_gguf
 
-    chat = LlamaCppChat.load(
-        model_path=str(resolve_gguf(real_assistant.settings)),
+    chat = llamacpp_chat(
+        resolve_gguf(real_assistant.settings),
         n_ctx=512,
         n_threads=2,
         verbose=False,

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ivig_qa.embeddings import ModelNotFoundError
@@ -96,7 +97,7 @@ def unload_chat_models() -> None:
 
 def require_extra(backend: str) -> None:
     """Raise ``LLMUnavailableError`` (not an ImportError traceback) when the extra is missing."""
-    needed = {"llamacpp": ["llama_cpp", "langchain_core"], "openai": ["langchain_openai"]}[backend]
+    needed = {"llamacpp": ["llama_cpp", "langchain_community"], "openai": ["langchain_openai"]}[backend]
     import importlib.util
 
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
@@ -153,7 +154,7 @@ def _openai_model(settings: Settings) -> LoadedModel:
     return LoadedModel(chat, settings.llm_model_name, lock=contextlib.nullcontext())
 
 
-def resolve_gguf(settings: Settings) -> Any:
+def resolve_gguf(settings: Settings) -> Path:
     """The GGUF to load: the configured file, or the packaged model joined and verified."""
     from ivig_qa.engines.llm import models
 
@@ -172,122 +173,42 @@ def resolve_gguf(settings: Settings) -> Any:
         ) from None
 
 
+def llamacpp_chat(model_path: Path | str, **params: Any) -> BaseChatModel:
+    """LangChain's ``ChatLlamaCpp`` over a GGUF file (``params``: its fields, e.g. ``n_ctx``).
+
+    ``ChatLlamaCpp`` passes ``rope_freq_base=10000`` by default, which overrides the model's own
+    RoPE base (1e6 for Qwen2.5) and degrades its answers; 0 means "as the GGUF says".
+    """
+    import warnings
+
+    with warnings.catch_warnings():  # langchain-community warns that it is sunset upstream
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from langchain_community.chat_models import ChatLlamaCpp
+
+    return ChatLlamaCpp(
+        model_path=str(model_path), **{"rope_freq_base": 0.0, "rope_freq_scale": 0.0, **params}
+    )
+
+
 def _llamacpp_model(settings: Settings) -> LoadedModel:
     import os
 
     path = resolve_gguf(settings)
-    params: dict[str, Any] = {
-        "model_path": str(path),
-        "n_ctx": settings.llm_n_ctx,
-        "n_threads": settings.llm_n_threads or os.cpu_count() or 2,
-        "n_batch": 512,
-        "max_tokens": settings.llm_max_tokens,
-        "temperature": settings.llm_temperature,
-        "repeat_penalty": 1.0,  # copying the sources' words and numbers is the point
-        "seed": 0,
-        "verbose": False,
-    }
-    community = {
-        # ChatLlamaCpp passes rope_freq_base=10000 by default, which overrides the model's own
-        # RoPE base (1e6 for Qwen2.5) and degrades its answers; 0 = "as the GGUF says".
-        "rope_freq_base": 0.0,
-        "rope_freq_scale": 0.0,
-    }
     try:
-        chat: BaseChatModel = _community_chat({**params, **community})
-    except ImportError:
-        chat = LlamaCppChat.load(**params)
+        chat = llamacpp_chat(
+            path,
+            n_ctx=settings.llm_n_ctx,
+            n_threads=settings.llm_n_threads or os.cpu_count() or 2,
+            n_batch=512,
+            max_tokens=settings.llm_max_tokens,
+            temperature=settings.llm_temperature,
+            repeat_penalty=1.0,  # copying the sources' words and numbers is the point
+            seed=0,
+            verbose=False,
+        )
     except ValueError as exc:  # ChatLlamaCpp wraps load errors in ValueError
         raise LLMUnavailableError(f"cannot load {path}: {exc}") from None
     return LoadedModel(chat, settings.llm_model_name)
-
-
-def _community_chat(params: dict[str, Any]) -> BaseChatModel:
-    """LangChain's ChatLlamaCpp (langchain-community), when that package is importable."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from langchain_community.chat_models import ChatLlamaCpp
-
-    return ChatLlamaCpp(**params)
-
-
-def _llamacpp_chat_class() -> type:
-    """A minimal LangChain chat model over ``llama_cpp.Llama.create_chat_completion``.
-
-    Used when langchain-community (sunset upstream) is not installed or breaks.
-    """
-    from langchain_core.language_models import BaseChatModel
-    from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-    from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-
-    role = {"human": "user", "ai": "assistant", "system": "system"}
-
-    class _LlamaCppChat(BaseChatModel):
-        client: Any = None
-        max_tokens: int = 256
-        temperature: float = 0.0
-        repeat_penalty: float = 1.0
-
-        @classmethod
-        def load(cls, **params: Any) -> _LlamaCppChat:
-            from llama_cpp import Llama
-
-            keys = ("max_tokens", "temperature", "repeat_penalty")
-            gen = {k: params.pop(k) for k in keys if k in params}
-            path = params.pop("model_path")
-            return cls(client=Llama(path, **params), **gen)
-
-        @property
-        def _llm_type(self) -> str:
-            return "llama-cpp-python"
-
-        def _params(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "max_tokens": self.max_tokens,
-                "temperature": self.temperature,
-                "repeat_penalty": self.repeat_penalty,
-                "stop": stop or [],
-                **kwargs,
-            }
-
-        @staticmethod
-        def _messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
-            return [{"role": role.get(m.type, "user"), "content": str(m.content)} for m in messages]
-
-        def _generate(
-            self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager=None, **kwargs: Any
-        ) -> ChatResult:
-            out = self.client.create_chat_completion(
-                messages=self._messages(messages), **self._params(stop, kwargs)
-            )
-            text = out["choices"][0]["message"].get("content") or ""
-            return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
-
-        def _stream(
-            self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager=None, **kwargs: Any
-        ) -> Iterator[ChatGenerationChunk]:
-            for part in self.client.create_chat_completion(
-                messages=self._messages(messages), stream=True, **self._params(stop, kwargs)
-            ):
-                delta = part["choices"][0].get("delta") or {}
-                text = delta.get("content") or ""
-                if text:
-                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
-                    if run_manager:
-                        run_manager.on_llm_new_token(text, chunk=chunk)
-                    yield chunk
-
-    return _LlamaCppChat
-
-
-class LlamaCppChat:
-    """Lazy handle on the fallback chat model class (langchain-core is imported on use)."""
-
-    @staticmethod
-    def load(**params: Any) -> BaseChatModel:
-        return _llamacpp_chat_class().load(**params)
 
 
 def _text(content: Any) -> str:
