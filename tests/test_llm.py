@@ -17,21 +17,15 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from ivig_qa.engines.llm import models
 from ivig_qa.assistant import Assistant, make_engine
+from ivig_qa.engines.llm import models
+from ivig_qa.engines.llm.backends import LLMUnavailableError, LoadedModel
+from ivig_qa.engines.llm.engine import LLMEngine
+from ivig_qa.engines.llm.parse import split_generated
+from ivig_qa.engines.llm.prompts import prompt_text
+from ivig_qa.engines.llm.verify import LLMSupportChecker, SupportJudge, entities, lexical_problem, numbers
 from ivig_qa.evaluation.runner import SUPPORT_CHECKERS, make_checker, split_statements
 from ivig_qa.policy.wording import DISCLAIMER
-from ivig_qa.engines.llm.engine import (
-    LLMEngine,
-    LLMSupportChecker,
-    LLMUnavailableError,
-    LoadedModel,
-    SupportJudge,
-    entities,
-    lexical_problem,
-    numbers,
-    split_generated,
-)
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Status
 
@@ -120,7 +114,7 @@ def test_prompt_numbers_the_best_source_sentences_within_budget(assistant: Assis
     assert 2 <= len(sources) <= assistant.settings.llm_max_passages
     assert [s.n for s in sources] == list(range(1, len(sources) + 1))
     assert sum(len(s.text) for s in sources) <= 450 * 4 + max(len(s.text) for s in sources)
-    text = LLMEngine.prompt_text(question, sources)
+    text = prompt_text(question, sources)
     assert text.startswith("Sources:\nFrom “") and text.endswith(f"Question: {question}")
     assert "[1] " in text and "once or twice a month" in text
     for src in sources:  # each numbered source is verbatim text at its offsets
@@ -443,7 +437,7 @@ def test_real_model_streams_tokens(real_assistant: Assistant) -> None:
 def test_llamacpp_chat_model_invokes_and_streams(real_assistant: Assistant) -> None:
     from langchain_core.messages import HumanMessage
 
-    from ivig_qa.engines.llm.engine import llamacpp_chat, resolve_gguf
+    from ivig_qa.engines.llm.backends import llamacpp_chat, resolve_gguf
 
     chat = llamacpp_chat(
         resolve_gguf(real_assistant.settings),
