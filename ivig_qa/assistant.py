@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from ivig_qa.conversation import condense
+from ivig_qa.engines import make_engine
 from ivig_qa.engines.base import AnswerEngine, Composition
-from ivig_qa.engines.extractive import ExtractiveEngine
 from ivig_qa.index import BuildSummary, IndexStore, Manifest, Progress
 from ivig_qa.policy.triage import ScopeChecker, has_injection, is_personal, is_urgent, strip_injection
 from ivig_qa.policy.wording import (
@@ -60,15 +60,6 @@ class _Timer:
 
 
 _BODY = "\x00body\x00"  # stands for the sources' part when splitting a fixed answer shape
-
-
-def make_engine(retriever: HybridRetriever, settings: Settings) -> AnswerEngine:
-    """The answer engine ``settings.engine`` names (the LLM one is imported only when asked for)."""
-    if settings.engine == "llm":
-        from ivig_qa.engines.llm.engine import LLMEngine
-
-        return LLMEngine.from_settings(retriever, settings)
-    return ExtractiveEngine(retriever, settings)
 
 
 class Assistant:
@@ -145,14 +136,13 @@ class Assistant:
         urgent = is_urgent(text)
         personal = not urgent and is_personal(text)
         limit = 3 if urgent else None
-        stream_compose = getattr(self.engine, "stream_compose", None) if streaming else None
-        if stream_compose is None:
+        if not streaming:
             found = self.engine.compose(standalone, retrieval, limit=limit)
         else:
             if urgent:  # the urgent-care instructions come first, before any generated text
                 yield urgent_text(_BODY).split(_BODY)[0]
             found = None
-            for piece in stream_compose(standalone, retrieval, limit=limit):
+            for piece in self.engine.stream_compose(standalone, retrieval, limit=limit):
                 if isinstance(piece, Composition):
                     found = piece
                 else:
@@ -207,17 +197,12 @@ class Assistant:
     def stream(self, question: str, history: HistoryLike | None = None) -> Iterator[str | Answer]:
         """Yield the answer text piece by piece, then the final ``Answer``.
 
-        The extractive engine composes in one step, so pieces are its lines; an engine with
-        ``stream_compose`` (the LLM engine) yields tokens as they are generated. The last item
+        The extractive engine composes in one step, so pieces are its lines; the LLM engine
+        yields tokens as they are generated. The last item
         is always the ``Answer``, and it is authoritative: its text is the verified answer,
         which may leave out generated sentences that were streamed before verification.
         """
-        if getattr(self.engine, "stream_compose", None) is not None:
-            yield from self._run(question, history, streaming=True)
-            return
-        answer = self.ask(question, history)
-        yield from answer.answer.splitlines(keepends=True)
-        yield answer
+        yield from self._run(question, history, streaming=True)
 
     def retrieve(self, question: str) -> Retrieval:
         """Retrieval only (used by the evaluation to score recall@k)."""

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from ivig_qa.assistant import Assistant, make_engine
+from ivig_qa.assistant import Assistant
+from ivig_qa.engines import make_engine
 from ivig_qa.engines.llm import models
 from ivig_qa.engines.llm.backends import LLMUnavailableError, LoadedModel
 from ivig_qa.engines.llm.engine import LLMEngine
