@@ -215,6 +215,7 @@ def test_off_topic_questions_skip_the_model(assistant: Assistant) -> None:
     engine = fake_engine(assistant, ["Paris [1]."])
     found = engine.compose(question, assistant.retriever.retrieve(question))
     assert found.engine.startswith("extractive (llm skipped")
+    assert found.fallback_reason == "no relevant sources" and not found.generated
 
 
 def llm_assistant(assistant: Assistant, engine: LLMEngine) -> Assistant:
