@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ivig_qa.conversation import condense
+from ivig_qa.engines import make_engine
 from ivig_qa.engines.base import AnswerEngine, Composition
-from ivig_qa.engines.extractive import ExtractiveEngine
 from ivig_qa.index import BuildSummary, IndexStore, Manifest, Progress
 from ivig_qa.policy import (
     DISCLAIMER,
@@ -57,15 +57,6 @@ class _Timer:
 
     def total(self) -> dict[str, float]:
         return {**self.marks, "total": round((time.perf_counter() - self.started) * 1000, 2)}
-
-
-def make_engine(retriever: HybridRetriever, settings: Settings) -> AnswerEngine:
-    """The answer engine ``settings.answer.engine`` names (the LLM one is imported only when asked for)."""
-    if settings.answer.engine == "llm":
-        from ivig_qa.engines.llm.engine import LLMEngine
-
-        return LLMEngine.from_settings(retriever, settings)
-    return ExtractiveEngine(retriever, settings)
 
 
 class Assistant:

@@ -131,7 +131,7 @@ class LLMSettings(_Group):
         "qwen2.5-coder-1.5b-instruct-q4_k_m", description="Shown in `engine`; the model name for openai."
     )
     base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://host:8000/v1.")
-    api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible server.")
+    openai_api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible server.")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(220, ge=16, description="Longest generated answer, in tokens.")
     timeout_s: float = Field(

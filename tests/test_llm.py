@@ -17,19 +17,14 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from ivig_qa.assistant import Assistant, make_engine
+from ivig_qa.assistant import Assistant
+from ivig_qa.engines import make_engine
 from ivig_qa.engines.llm import models
-from ivig_qa.engines.llm.engine import (
-    LLMEngine,
-    LLMSupportChecker,
-    LLMUnavailableError,
-    LoadedModel,
-    SupportJudge,
-    entities,
-    lexical_problem,
-    numbers,
-    split_generated,
-)
+from ivig_qa.engines.llm.backends import LLMUnavailableError, LoadedModel
+from ivig_qa.engines.llm.engine import LLMEngine
+from ivig_qa.engines.llm.parse import split_generated
+from ivig_qa.engines.llm.prompts import prompt_text
+from ivig_qa.engines.llm.verify import LLMSupportChecker, SupportJudge, entities, lexical_problem, numbers
 from ivig_qa.evaluation.checks import SUPPORT_CHECKERS, make_checker, split_statements
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
@@ -39,16 +34,14 @@ WRONG_DOSE = "IVIG is given at a dose of 9 g/kg every single day"
 
 
 def llm_settings(base: Settings, **overrides: object) -> Settings:
-    return base.model_copy(update={"engine": "llm", **overrides})
+    return base.updated(**{"engine": "llm", **overrides})
 
 
 def fake_engine(
     assistant: Assistant, responses: list[str], *, judge: list[str] | None = None, **kw
 ) -> LLMEngine:
     """An LLM engine over the real retriever with a fake chat model (and a fake yes/no judge)."""
-    settings = llm_settings(
-        assistant.settings, llm_judge=judge is not None, **{"llm_supporting_quotes": 0, **kw}
-    )
+    settings = llm_settings(assistant.settings, judge=judge is not None, **{"supporting_quotes": 0, **kw})
     model = LoadedModel(FakeListChatModel(responses=responses), "fake")
     judge_model = LoadedModel(FakeListChatModel(responses=judge), "fake-judge") if judge else None
     return LLMEngine(assistant.retriever, settings, model, SupportJudge(judge_model, settings))
@@ -57,8 +50,7 @@ def fake_engine(
 def sources_for(assistant: Assistant, question: str):
     engine = fake_engine(assistant, ["unused"])
     retrieval = assistant.retriever.retrieve(question)
-    sources, _best = engine.sources(question, retrieval)
-    return retrieval, sources
+    return retrieval, engine.plan(question, retrieval).sources
 
 
 def assert_citations_verbatim(answer_or_citations, corpus_dir: Path) -> None:
@@ -118,14 +110,16 @@ def test_lexical_problems(statement: str, problem: str | None) -> None:
 def test_prompt_numbers_the_best_source_sentences_within_budget(assistant: Assistant) -> None:
     question = "how often is ivig given for lupus"
     _retrieval, sources = sources_for(assistant, question)
-    assert 2 <= len(sources) <= assistant.settings.llm_max_passages
+    assert 2 <= len(sources) <= assistant.settings.llm.max_passages
     assert [s.n for s in sources] == list(range(1, len(sources) + 1))
     assert sum(len(s.text) for s in sources) <= 450 * 4 + max(len(s.text) for s in sources)
-    text = LLMEngine.prompt_text(question, sources)
+    text = prompt_text(question, sources)
     assert text.startswith("Sources:\nFrom “") and text.endswith(f"Question: {question}")
     assert "[1] " in text and "once or twice a month" in text
     for src in sources:  # each numbered source is verbatim text at its offsets
-        original = (assistant.settings.corpus_dir / f"{src.candidate.sentence.doc_id}.txt").read_text("utf-8")
+        original = (assistant.settings.index.corpus_dir / f"{src.candidate.sentence.doc_id}.txt").read_text(
+            "utf-8"
+        )
         assert original[src.start : src.end] == src.text
 
 
@@ -142,13 +136,14 @@ def test_unsupported_sentences_are_dropped_and_citations_attached_in_code(assist
     )
     engine = fake_engine(assistant, [generated])
     found = engine.compose(question, retrieval)
-    assert found.engine == "llm:fake"
+    assert found.engine == "llm:fake" and found.generated and found.fallback_reason is None
     assert found.text.startswith("IVIG infusions are usually given once or twice a month [1].")
     assert "9 g/kg" not in found.text and "doctor" not in found.text
     assert len(found.citations) == 1 and "once or twice a month" in found.citations[0].quote
     assert found.timings["dropped_sentences"] == 2 and found.timings["kept_sentences"] == 1
-    assert any("number" in why for text, why in found.dropped if "9 g/kg" in text)
-    assert_citations_verbatim(found.citations, assistant.settings.corpus_dir)
+    _kept, dropped = engine.verify(split_generated(generated), sources)  # the reasons, per sentence
+    assert any("number" in why for text, why in dropped if "9 g/kg" in text)
+    assert_citations_verbatim(found.citations, assistant.settings.index.corpus_dir)
 
 
 def test_the_judge_decides_after_the_lexical_checks(assistant: Assistant) -> None:
@@ -169,7 +164,7 @@ def test_supporting_quotes_follow_the_summary_verbatim(assistant: Assistant) -> 
     retrieval, sources = sources_for(assistant, question)
     monthly = next(s for s in sources if "once or twice a month" in s.text)
     generated = f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
-    found = fake_engine(assistant, [generated], llm_supporting_quotes=2).compose(question, retrieval)
+    found = fake_engine(assistant, [generated], supporting_quotes=2).compose(question, retrieval)
     summary, _, quotes = found.text.partition("\n\nMore from the sources, word for word:\n")
     assert summary == "IVIG infusions are usually given once or twice a month [1]."
     lines = quotes.splitlines()
@@ -177,7 +172,7 @@ def test_supporting_quotes_follow_the_summary_verbatim(assistant: Assistant) -> 
     for n, line in enumerate(lines, start=2):  # each quote is verbatim and cited once
         assert line == f"- {' '.join(found.citations[n - 1].quote.split())} [{n}]"
     assert "once or twice a month" not in quotes  # what the summary cites is not repeated
-    assert_citations_verbatim(found.citations, assistant.settings.corpus_dir)
+    assert_citations_verbatim(found.citations, assistant.settings.index.corpus_dir)
 
 
 @pytest.mark.parametrize(
@@ -185,7 +180,7 @@ def test_supporting_quotes_follow_the_summary_verbatim(assistant: Assistant) -> 
     [
         ([f"{WRONG_DOSE} [1]."], {}, "llm fallback: nothing verified"),
         (["The sources do not say."], {}, "llm fallback: nothing verified"),
-        (["x" * 200], {"llm_first_token_timeout_s": 0.05}, "llm fallback: timeout"),
+        (["x" * 200], {"first_token_timeout_s": 0.05}, "llm fallback: timeout"),
     ],
 )
 def test_fallback_to_the_extractive_engine(
@@ -198,6 +193,7 @@ def test_fallback_to_the_extractive_engine(
         engine.model.chat.sleep = 0.2  # per streamed character
     found = engine.compose(question, retrieval)
     assert found.engine == f"extractive ({reason})"
+    assert not found.generated and found.fallback_reason == reason.removeprefix("llm fallback: ")
     assert found.text == engine.extractive.compose(question, retrieval).text
 
 
@@ -207,7 +203,7 @@ def test_model_errors_fall_back(assistant: Assistant) -> None:
             raise ConnectionError("server down")
 
     question = "how often is ivig given for lupus"
-    settings = llm_settings(assistant.settings, llm_judge=False)
+    settings = llm_settings(assistant.settings, judge=False)
     engine = LLMEngine(assistant.retriever, settings, LoadedModel(Broken(responses=["x"]), "broken"))
     found = engine.compose(question, assistant.retriever.retrieve(question))
     assert found.engine == "extractive (llm fallback: error (ConnectionError))"
@@ -219,6 +215,7 @@ def test_off_topic_questions_skip_the_model(assistant: Assistant) -> None:
     engine = fake_engine(assistant, ["Paris [1]."])
     found = engine.compose(question, assistant.retriever.retrieve(question))
     assert found.engine.startswith("extractive (llm skipped")
+    assert found.fallback_reason == "no relevant sources" and not found.generated
 
 
 def llm_assistant(assistant: Assistant, engine: LLMEngine) -> Assistant:
@@ -247,7 +244,7 @@ def test_assistant_streams_tokens_then_the_verified_answer(assistant: Assistant)
         answer.answer.startswith("In short, from the sources") and "quoted word for word" not in answer.answer
     )
     assert answer.timings_ms["dropped_sentences"] == 1 and "llm_first_token" in answer.timings_ms
-    assert_citations_verbatim(answer, assistant.settings.corpus_dir)
+    assert_citations_verbatim(answer, assistant.settings.index.corpus_dir)
     # ask() gives the same verified answer without streaming.
     a.engine.model.chat.i = 0
     assert a.ask(question).answer == answer.answer
@@ -278,9 +275,9 @@ def test_missing_extra_is_a_clear_error(assistant: Assistant, monkeypatch: pytes
 
     from ivig_qa.cli import app
 
-    monkeypatch.setenv("IVIG_QA_ENGINE", "llm")
-    monkeypatch.setenv("IVIG_QA_CORPUS_DIR", str(assistant.settings.corpus_dir))
-    monkeypatch.setenv("IVIG_QA_INDEX_DIR", str(assistant.settings.index_dir))
+    monkeypatch.setenv("IVIG_QA_ANSWER__ENGINE", "llm")
+    monkeypatch.setenv("IVIG_QA_INDEX__CORPUS_DIR", str(assistant.settings.index.corpus_dir))
+    monkeypatch.setenv("IVIG_QA_INDEX__INDEX_DIR", str(assistant.settings.index.index_dir))
     result = CliRunner().invoke(app, ["ask", "How often is IVIG given?"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     said = " ".join(result.output.split())
@@ -290,7 +287,7 @@ def test_missing_extra_is_a_clear_error(assistant: Assistant, monkeypatch: pytes
 
 def test_llm_checker_is_registered_for_the_eval() -> None:
     assert "llm" in SUPPORT_CHECKERS
-    judge = SupportJudge(None, Settings(llm_judge=False))
+    judge = SupportJudge(None, Settings.load(judge=False))
     checker = LLMSupportChecker(judge)
     passage = "It takes anywhere between 1,000 and 100,000 donors for one dose."
     assert checker.supports("One dose takes between 1,000 and 100,000 donors.", [passage])
@@ -348,7 +345,7 @@ def test_models_command_shows_the_packaged_model(tmp_path: Path, fake_parts, mon
 
     from ivig_qa.cli import app
 
-    monkeypatch.setenv("IVIG_QA_LLM_MODEL_DIR", str(tmp_path / "m"))
+    monkeypatch.setenv("IVIG_QA_LLM__MODEL_DIR", str(tmp_path / "m"))
     runner = CliRunner()
 
     def flat(out: str) -> str:  # the table's cells, unwrapped
@@ -391,7 +388,7 @@ REAL_QUESTIONS = [
 @pytest.fixture(scope="module")
 def real_assistant(assistant: Assistant, real_model: None) -> Assistant:
     # Generous limits: these tests check verification, not speed (CI shares its 2 cores).
-    settings = llm_settings(assistant.settings, llm_first_token_timeout_s=300, llm_timeout_s=900)
+    settings = llm_settings(assistant.settings, first_token_timeout_s=300, timeout_s=900)
     a = Assistant(settings, assistant.store, assistant.retriever)
     assert a.engine.name.startswith("llm:")
     return a
@@ -411,7 +408,7 @@ def test_real_model_answers_with_verified_sentences(
     for s in statements:  # every kept sentence passes the same verification again
         quote = " ".join(by_n[n].quote for n in s.cites)
         assert judge.check(s.text, quote) is None, (s.text, quote)
-    assert_citations_verbatim(answer, real_assistant.settings.corpus_dir)
+    assert_citations_verbatim(answer, real_assistant.settings.index.corpus_dir)
     assert any(f.lower() in answer.answer.lower() for f in facts), answer.answer
 
 
@@ -419,7 +416,7 @@ def test_real_judge_removes_an_injected_wrong_sentence(real_assistant: Assistant
     engine: LLMEngine = real_assistant.engine
     question = "for lupus pts how often do they hook u up to the drip"
     retrieval = real_assistant.retriever.retrieve(question)
-    sources, _best = engine.sources(question, retrieval)
+    sources = engine.plan(question, retrieval).sources
     monthly = next(s for s in sources if "once or twice a month" in s.text)
     generated = split_generated(
         f"IVIG is usually given as an infusion once or twice a month [{monthly.n}]. "
@@ -439,13 +436,13 @@ def test_real_model_streams_tokens(real_assistant: Assistant) -> None:
     assert answer.timings_ms["llm_first_token"] < answer.timings_ms["total"]
 
 
-def test_fallback_chat_model_without_langchain_community(real_assistant: Assistant) -> None:
+def test_llamacpp_chat_model_invokes_and_streams(real_assistant: Assistant) -> None:
     from langchain_core.messages import HumanMessage
 
-    from ivig_qa.engines.llm.engine import LlamaCppChat, resolve_gguf
+    from ivig_qa.engines.llm.backends import llamacpp_chat, resolve_gguf
 
-    chat = LlamaCppChat.load(
-        model_path=str(resolve_gguf(real_assistant.settings)),
+    chat = llamacpp_chat(
+        resolve_gguf(real_assistant.settings),
         n_ctx=512,
         n_threads=2,
         verbose=False,
@@ -460,7 +457,7 @@ def test_real_model_through_the_eval_with_the_model_judge(real_assistant: Assist
     from ivig_qa.evaluation.dataset import load_documents, load_set
     from ivig_qa.evaluation.runner import Evaluator, compute_metrics
 
-    documents = load_documents(real_assistant.settings.corpus_dir)
+    documents = load_documents(real_assistant.settings.index.corpus_dir)
     items = load_set(Path(__file__).parent.parent / "eval" / "llm_questions.jsonl", documents)[:2]
     evaluator = Evaluator(real_assistant, documents, make_checker("llm"))
     records = [evaluator.evaluate(item) for item in items]

@@ -60,7 +60,7 @@ class VerbatimSupportChecker:
 
 def _llm_checker() -> SupportChecker:
     """The LLM engine's own verification (numbers, names, words, then the model's yes/no)."""
-    from ivig_qa.engines.llm.engine import LLMSupportChecker
+    from ivig_qa.engines.llm import LLMSupportChecker
 
     return LLMSupportChecker.from_settings()
 

@@ -1,586 +1,59 @@
-"""The optional LLM answer engine: fluent answers, every sentence verified against its sources.
+"""The LLM answer engine: plan the sources, generate, verify every sentence, fall back, render.
 
 ``LLMEngine`` implements the same ``AnswerEngine`` protocol as ``ExtractiveEngine``:
 
-1. **Sources.** The retrieval's sentences are scored exactly as the extractive engine scores
+1. **Plan.** The retrieval's sentences are scored exactly as the extractive engine scores
    them (``ExtractiveEngine.candidates``); the best ones, within ``llm_context_tokens``, are
-   numbered and grouped under their document's title.
-2. **Generation.** A LangChain chat model (a local GGUF through llama.cpp's ``ChatLlamaCpp``, or
-   any OpenAI-compatible server through ``ChatOpenAI``) is asked for a short patient-friendly
-   answer using only those sentences, with ``[n]`` after each sentence. Tokens are streamed.
-3. **Verification, in code.** The answer is split into sentences; the model's ``[n]`` are only a
-   hint. A sentence is kept when one numbered source (first the ones it cites, then the ones
-   that best match it) passes ``SupportJudge``: every number and named entity of the sentence
-   appears in that source, most of its content words do, a negation is not invented, and the
-   same model says yes to "does this source support this sentence?". Kept sentences cite the
-   source that passed (its verbatim sentence(s) are the citation's ``quote``); the others are
-   dropped and counted in ``timings_ms["dropped_sentences"]``.
-4. **Fallback.** When nothing survives, or the model times out or fails, the extractive engine
-   answers and ``engine`` says why, e.g. ``"extractive (llm fallback: timeout)"``.
+   numbered and grouped under their document's title (``prompts``).
+2. **Generate.** The chat model (``backends``) is asked for a short patient-friendly answer using
+   only those sentences, with ``[n]`` after each sentence. Tokens are streamed.
+3. **Verify, in code.** The answer is split into sentences (``parse``); the model's ``[n]`` are
+   only a hint. A sentence is kept when one numbered source (first the ones it cites, then the
+   ones that best match it) passes ``SupportJudge`` (``verify``). Kept sentences cite the source
+   that passed (its verbatim sentence(s) are the citation's ``quote``); the others are dropped
+   and counted in ``timings["dropped_sentences"]``.
+4. **Fall back.** When nothing survives, or the model times out or fails, the extractive engine
+   answers: ``fallback_reason`` says why, and ``engine`` too, e.g.
+   ``"extractive (llm fallback: timeout)"``.
+5. **Render.** The kept sentences as one paragraph, ``[n]`` before each full stop, then the
+   supporting quotes verbatim. Such an answer has ``generated=True``.
 
 The guardrails (triage, refusals, the disclaimer) stay in ``Assistant``; the model never
-decides them. ``LLMSupportChecker`` is the same check for ``ivig-qa eval --checker llm``.
+decides them.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import logging
 import queue
 import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ivig_qa.embeddings import ModelNotFoundError
-from ivig_qa.engines.extractive import Candidate, Composition, ExtractiveEngine, compose_quotes
-from ivig_qa.engines.llm.models import INSTALL_HINT
-from ivig_qa.retrieval import Retrieval, tokenize
+from ivig_qa.engines.base import Composition
+from ivig_qa.engines.extractive import Candidate, ExtractiveEngine, compose_quotes
+from ivig_qa.engines.llm.backends import LoadedModel, load_chat_model, message_text
+from ivig_qa.engines.llm.parse import Generated, split_generated
+from ivig_qa.engines.llm.prompts import STOP, SYSTEM_PROMPT, Source, answer_messages
+from ivig_qa.engines.llm.verify import Budget, SupportJudge
 from ivig_qa.settings import Settings
+from ivig_qa.text import collapse_space, tokenize
 from ivig_qa.types import Citation
 
 if TYPE_CHECKING:
-    from langchain_core.language_models import BaseChatModel
-
-    from ivig_qa.retrieval import HybridRetriever
+    from ivig_qa.retrieval import HybridRetriever, Retrieval
 
 log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4  # English text, Qwen's tokenizer: close enough for a prompt budget
-
-
-class LLMUnavailableError(ModelNotFoundError):
-    """The LLM engine was asked for but cannot run here; the message says what to install."""
+SUPPORTING_QUOTES_LEAD = "More from the sources, word for word:"
 
 
 class LLMTimeout(Exception):
     """Generation took longer than the configured limits."""
-
-
-# ---------------------------------------------------------------------------------------
-# Chat models (LangChain), loaded once per process and shared by the engine and the judge
-# ---------------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    """A chat model plus the lock that serialises calls into an in-process llama.cpp model."""
-
-    chat: BaseChatModel
-    name: str
-    lock: Any = field(default_factory=threading.Lock)
-
-
-_LOADED: dict[tuple, LoadedModel] = {}
-_LOADING = threading.Lock()
-
-
-@atexit.register
-def unload_chat_models() -> None:
-    """Free in-process llama.cpp models while the interpreter still works.
-
-    Left to the garbage collector at exit, ``Llama.__del__`` runs after the modules it needs
-    are torn down and prints a ``TypeError`` traceback on every exit.
-    """
-    with _LOADING:
-        for loaded in _LOADED.values():
-            client = getattr(loaded.chat, "client", None)
-            close = getattr(client, "close", None)
-            if callable(close):
-                close()
-        _LOADED.clear()
-
-
-def require_extra(backend: str) -> None:
-    """Raise ``LLMUnavailableError`` (not an ImportError traceback) when the extra is missing."""
-    needed = {"llamacpp": ["llama_cpp", "langchain_core"], "openai": ["langchain_openai"]}[backend]
-    import importlib.util
-
-    missing = [m for m in needed if importlib.util.find_spec(m) is None]
-    if missing:
-        raise LLMUnavailableError(
-            f"the LLM engine ({backend}) needs {', '.join(missing)}, which is not installed. "
-            f"Install the optional extra with `{INSTALL_HINT}` (llama-cpp-python compiles from source; "
-            "see the README), or set engine = 'extractive'."
-        )
-
-
-def _model_key(settings: Settings) -> tuple:
-    return (
-        settings.llm_backend,
-        str(settings.llm_model_path or settings.llm_model_dir),
-        settings.llm_model_name,
-        settings.llm_base_url,
-        settings.llm_n_ctx,
-        settings.llm_n_threads,
-        settings.llm_temperature,
-        settings.llm_max_tokens,
-    )
-
-
-def load_chat_model(settings: Settings) -> LoadedModel:
-    """The configured chat model (cached: the engine and the eval judge share one copy)."""
-    require_extra(settings.llm_backend)
-    key = _model_key(settings)
-    with _LOADING:
-        if key not in _LOADED:
-            if settings.llm_backend == "openai":
-                _LOADED[key] = _openai_model(settings)
-            else:
-                _LOADED[key] = _llamacpp_model(settings)
-        return _LOADED[key]
-
-
-def _openai_model(settings: Settings) -> LoadedModel:
-    from langchain_openai import ChatOpenAI
-
-    if not settings.llm_base_url:
-        raise LLMUnavailableError("llm_backend = 'openai' needs llm_base_url (e.g. http://host:8000/v1)")
-    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "not-needed"
-    chat = ChatOpenAI(
-        model=settings.llm_model_name,
-        base_url=settings.llm_base_url,
-        api_key=key,
-        temperature=settings.llm_temperature,
-        max_tokens=settings.llm_max_tokens,
-        timeout=settings.llm_timeout_s,
-        max_retries=1,
-    )
-    # A remote server handles its own concurrency: a lock that never blocks.
-    return LoadedModel(chat, settings.llm_model_name, lock=contextlib.nullcontext())
-
-
-def resolve_gguf(settings: Settings) -> Any:
-    """The GGUF to load: the configured file, or the packaged model joined and verified."""
-    from ivig_qa.engines.llm import models
-
-    if settings.llm_model_path is not None:
-        path = settings.llm_model_path.expanduser()
-        if not path.is_file():
-            raise LLMUnavailableError(f"llm_model_path {str(path)!r} is not a file")
-        return path
-    try:
-        return models.assemble(settings.llm_model_dir, full_check=settings.llm_verify_model_hash)
-    except models.ModelUnavailableError as exc:
-        raise LLMUnavailableError(str(exc)) from None
-    except OSError as exc:
-        raise LLMUnavailableError(
-            f"cannot join the packaged model into {settings.llm_model_dir}: {exc}"
-        ) from None
-
-
-def _llamacpp_model(settings: Settings) -> LoadedModel:
-    import os
-
-    path = resolve_gguf(settings)
-    params: dict[str, Any] = {
-        "model_path": str(path),
-        "n_ctx": settings.llm_n_ctx,
-        "n_threads": settings.llm_n_threads or os.cpu_count() or 2,
-        "n_batch": 512,
-        "max_tokens": settings.llm_max_tokens,
-        "temperature": settings.llm_temperature,
-        "repeat_penalty": 1.0,  # copying the sources' words and numbers is the point
-        "seed": 0,
-        "verbose": False,
-    }
-    community = {
-        # ChatLlamaCpp passes rope_freq_base=10000 by default, which overrides the model's own
-        # RoPE base (1e6 for Qwen2.5) and degrades its answers; 0 = "as the GGUF says".
-        "rope_freq_base": 0.0,
-        "rope_freq_scale": 0.0,
-    }
-    try:
-        chat: BaseChatModel = _community_chat({**params, **community})
-    except ImportError:
-        chat = LlamaCppChat.load(**params)
-    except ValueError as exc:  # ChatLlamaCpp wraps load errors in ValueError
-        raise LLMUnavailableError(f"cannot load {path}: {exc}") from None
-    return LoadedModel(chat, settings.llm_model_name)
-
-
-def _community_chat(params: dict[str, Any]) -> BaseChatModel:
-    """LangChain's ChatLlamaCpp (langchain-community), when that package is importable."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from langchain_community.chat_models import ChatLlamaCpp
-
-    return ChatLlamaCpp(**params)
-
-
-def _llamacpp_chat_class() -> type:
-    """A minimal LangChain chat model over ``llama_cpp.Llama.create_chat_completion``.
-
-    Used when langchain-community (sunset upstream) is not installed or breaks.
-    """
-    from langchain_core.language_models import BaseChatModel
-    from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-    from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-
-    role = {"human": "user", "ai": "assistant", "system": "system"}
-
-    class _LlamaCppChat(BaseChatModel):
-        client: Any = None
-        max_tokens: int = 256
-        temperature: float = 0.0
-        repeat_penalty: float = 1.0
-
-        @classmethod
-        def load(cls, **params: Any) -> _LlamaCppChat:
-            from llama_cpp import Llama
-
-            keys = ("max_tokens", "temperature", "repeat_penalty")
-            gen = {k: params.pop(k) for k in keys if k in params}
-            path = params.pop("model_path")
-            return cls(client=Llama(path, **params), **gen)
-
-        @property
-        def _llm_type(self) -> str:
-            return "llama-cpp-python"
-
-        def _params(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "max_tokens": self.max_tokens,
-                "temperature": self.temperature,
-                "repeat_penalty": self.repeat_penalty,
-                "stop": stop or [],
-                **kwargs,
-            }
-
-        @staticmethod
-        def _messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
-            return [{"role": role.get(m.type, "user"), "content": str(m.content)} for m in messages]
-
-        def _generate(
-            self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager=None, **kwargs: Any
-        ) -> ChatResult:
-            out = self.client.create_chat_completion(
-                messages=self._messages(messages), **self._params(stop, kwargs)
-            )
-            text = out["choices"][0]["message"].get("content") or ""
-            return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
-
-        def _stream(
-            self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager=None, **kwargs: Any
-        ) -> Iterator[ChatGenerationChunk]:
-            for part in self.client.create_chat_completion(
-                messages=self._messages(messages), stream=True, **self._params(stop, kwargs)
-            ):
-                delta = part["choices"][0].get("delta") or {}
-                text = delta.get("content") or ""
-                if text:
-                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
-                    if run_manager:
-                        run_manager.on_llm_new_token(text, chunk=chunk)
-                    yield chunk
-
-    return _LlamaCppChat
-
-
-class LlamaCppChat:
-    """Lazy handle on the fallback chat model class (langchain-core is imported on use)."""
-
-    @staticmethod
-    def load(**params: Any) -> BaseChatModel:
-        return _llamacpp_chat_class().load(**params)
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content blocks
-        return "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
-    return str(content)
-
-
-# ---------------------------------------------------------------------------------------
-# The support check: numbers, entities, content words, negation, then the model's yes/no
-# ---------------------------------------------------------------------------------------
-_NUMBER_WORDS = {
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-    "eleven": "11",
-    "twelve": "12",
-    "twenty": "20",
-    "hundred": "100",
-    "thousand": "1000",
-    "once": "1",
-    "twice": "2",
-    "thrice": "3",
-}
-# Units of time and frequency: "monthly" in a sentence needs months in its source.
-_UNIT = re.compile(
-    r"\b(?:(second|minute|hour|day|week|month|year)s?|(daily)|(weekly)|(monthly)|(yearly|annual(?:ly)?))\b",
-    re.IGNORECASE,
-)
-_UNIT_OF = {"daily": "day", "weekly": "week", "monthly": "month", "yearly": "year"}
-_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
-_ENTITY = re.compile(r"[A-Za-z][A-Za-z0-9'’-]*")
-_NEGATION = re.compile(
-    r"\b(?:not|no|never|none|nor|neither|cannot|without|unlikely|lack|lacks|unknown|unclear)\b|n['’]t\b",
-    re.IGNORECASE,
-)
-# Words every answer may use without the passage spelling them out.
-_FREE_ENTITIES = frozenset({"ivig", "i", "ig", "iv"})
-
-
-def numbers(text: str) -> set[str]:
-    """Numbers as values: "1,000" = "1000", "2.0" = "2", "two" = "2"."""
-    out: set[str] = set()
-    for raw in _NUMBER.findall(text):
-        word = _NUMBER_WORDS.get(raw.lower())
-        value = word or raw.replace(",", "")
-        try:
-            out.add(format(float(value), "g"))
-        except ValueError:
-            out.add(value)
-    return out
-
-
-def units(text: str) -> set[str]:
-    """Time units and frequencies, canonical ("weekly" = "week", "annually" = "year")."""
-    out: set[str] = set()
-    for m in _UNIT.finditer(text):
-        word = next(g for g in m.groups() if g).lower()
-        out.add(_UNIT_OF.get(word, "year" if word.startswith("annual") else word))
-    return out
-
-
-def entities(statement: str) -> list[str]:
-    """Named things: acronyms and mixed-case words anywhere, capitalised words after the first."""
-    found: list[str] = []
-    for i, m in enumerate(_ENTITY.finditer(statement)):
-        word = re.sub(r"['’]s$", "", m.group()).strip("'’-")
-        if not word or word.lower() in _FREE_ENTITIES:
-            continue
-        inner_caps = any(ch.isupper() for ch in word[1:])
-        if inner_caps or (i > 0 and word[0].isupper()):
-            found.append(word)
-    return found
-
-
-def _has_word(text_low: str, word: str) -> bool:
-    return re.search(rf"(?<![a-z0-9]){re.escape(word.lower())}", text_low) is not None
-
-
-def lexical_problem(statement: str, passage: str, min_overlap: float) -> str | None:
-    """Why ``passage`` cannot support ``statement`` on its words alone (None: it may)."""
-    missing_numbers = numbers(statement) - numbers(passage)
-    if missing_numbers:
-        return f"number(s) not in the source: {', '.join(sorted(missing_numbers))}"
-    missing_units = units(statement) - units(passage)
-    if missing_units:
-        return f"time unit(s) not in the source: {', '.join(sorted(missing_units))}"
-    low = passage.lower()
-    missing = [e for e in entities(statement) if not _has_word(low, e)]
-    if missing:
-        return f"name(s) not in the source: {', '.join(missing)}"
-    terms = set(tokenize(statement))
-    if terms:
-        source_terms = set(tokenize(passage))
-        share = len(terms & source_terms) / len(terms)
-        if share < min_overlap:
-            return f"only {share:.0%} of its words are in the source"
-    if _NEGATION.search(statement) and not _NEGATION.search(passage):
-        return "negates what the source does not"
-    return None
-
-
-JUDGE_SYSTEM = "You check facts against a source text. Reply with one word: yes or no."
-JUDGE_USER = (
-    "Source: {passage}\n\nClaim: {statement}\n\n"
-    "Does the source state everything the claim says? Reply yes or no."
-)
-
-
-class SupportJudge:
-    """Decides whether passage text supports a statement: lexical checks, then the model."""
-
-    def __init__(self, model: LoadedModel | None, settings: Settings) -> None:
-        self.model = model if settings.llm_judge else None
-        self.min_overlap = settings.llm_min_overlap
-
-    @staticmethod
-    def verbatim(statement: str, passage: str) -> bool:
-        """The statement is quoted from the passage (spacing, case and final stop aside)."""
-        claim = " ".join(statement.split()).rstrip(".!?").casefold()
-        return bool(claim) and claim in " ".join(passage.split()).casefold()
-
-    def judge(self, statement: str, passage: str) -> bool:
-        """The model's yes/no (True when no judge is configured)."""
-        if self.model is None:
-            return True
-        from langchain_core.messages import HumanMessage, SystemMessage
-
-        messages = [
-            SystemMessage(JUDGE_SYSTEM),
-            HumanMessage(JUDGE_USER.format(passage=" ".join(passage.split()), statement=statement)),
-        ]
-        with self.model.lock:
-            reply = self.model.chat.invoke(messages, max_tokens=3, temperature=0.0)
-        return _text(reply.content).strip().lower().lstrip("\"'*").startswith("yes")
-
-    def check(self, statement: str, passage: str, budget: _Budget | None = None) -> str | None:
-        """None when supported, else the reason. A verbatim quote needs no model to say so.
-
-        With a ``budget``, a model call is made only while calls and time are left (and counted).
-        """
-        if self.verbatim(statement, passage):
-            return None
-        problem = lexical_problem(statement, passage, self.min_overlap)
-        if problem:
-            return problem
-        if budget is not None and self.model is not None:
-            if budget.calls >= budget.max_calls:
-                return "verification budget used up"
-            if time.perf_counter() > budget.deadline:
-                return "verification time limit"
-            budget.calls += 1
-        return None if self.judge(statement, passage) else "the judge says the source does not support it"
-
-
-class LLMSupportChecker:
-    """``SupportChecker`` for ``ivig-qa eval --checker llm``: the engine's own verification."""
-
-    name = "llm"
-
-    def __init__(self, judge: SupportJudge) -> None:
-        self._judge = judge
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> LLMSupportChecker:
-        settings = settings or Settings()
-        try:
-            require_extra(settings.llm_backend)
-        except LLMUnavailableError as exc:
-            raise ValueError(f"--checker llm: {exc}") from None
-        return cls(_LazyJudge(settings))
-
-    def supports(self, statement: str, passages: list[str]) -> bool:
-        return self._judge.check(statement, " ".join(passages)) is None
-
-
-class _LazyJudge(SupportJudge):
-    """Loads the model on the first check (after the assistant, which may share it)."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(None, settings)
-        self._settings = settings
-        self._loaded = not settings.llm_judge
-
-    def judge(self, statement: str, passage: str) -> bool:
-        if not self._loaded:
-            self.model = load_chat_model(self._settings)
-            self._loaded = True
-        return super().judge(statement, passage)
-
-
-# ---------------------------------------------------------------------------------------
-# Parsing the generated answer
-# ---------------------------------------------------------------------------------------
-_CITE = r"\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]"
-_CITE_RE = re.compile(_CITE)
-_CITES = rf"(?:{_CITE}\s*)+"
-_BULLET = re.compile(r"^\s*(?:[-*•+]|\d+[.)])\s+")
-_ABBREV = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Prof|St|vs|e\.g|i\.e|etc|al|approx|No)\.$", re.IGNORECASE)
-
-
-# "From the first source, …", "According to “IVIG for Lupus” [2], …": where, not what.
-_LEAD_IN = re.compile(
-    r"^(?:from|according to|in|as (?:stated|noted|said) in)\s+(?:the\s+)?"
-    r"(?:\"[^\"]*\"|“[^”]*”|\[\d+\]|sources?\s*\d+|(?:first|second|third|fourth|fifth|sixth|other|same|"
-    r"last|\w+)\s+sources?|sources?)(?:\s*\[\d+\])?\s*[,:]\s*|^(?:from|according to)\s*[,:]\s*",
-    re.IGNORECASE,
-)
-
-
-@dataclass(frozen=True)
-class Generated:
-    """One sentence of the model's answer, markers removed, with the numbers it cited."""
-
-    text: str
-    cites: tuple[int, ...]
-
-
-def _end_before_cites(m: re.Match[str]) -> str:
-    """A full stop before markers that close a sentence without one ("month [1] It …")."""
-    before = m.string[: m.start()]
-    return m.group(1) if re.search(r"[.!?][\"”’)]*\s*$", before) or not before.strip() else "." + m.group(1)
-
-
-def split_generated(answer: str) -> list[Generated]:
-    """Sentences with their ``[n]``; markers may come before or after the full stop."""
-    lines = []
-    for line in answer.replace("**", "").splitlines():
-        line = _BULLET.sub("", line).strip()
-        lead = re.match(rf"^({_CITES})(.+)$", line)
-        if lead:  # "[2] Sentence." -> "Sentence. [2]"
-            line = f"{lead.group(2).strip()} {lead.group(1).strip()}"
-        if not line:
-            continue
-        if not re.search(r"[.!?:]\s*$|\]\s*$", line):
-            line += "."
-        lines.append(line)
-    text = " ".join(lines)
-    text = re.sub(rf"\s*({_CITES})([.!?])", r"\2 \1", text)  # "month [1]." -> "month. [1]"
-    text = re.sub(rf"(\s*{_CITES})(?=\s+[A-Z\"“(]|\s*$)", _end_before_cites, text)  # "month [1] It"
-    units = re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"“(\[])|(?<=\])\s+(?=[A-Z0-9\"“(])", text)
-    merged: list[str] = []
-    for unit in units:
-        if merged and (_ABBREV.search(merged[-1]) or unit.startswith("[")):
-            merged[-1] = f"{merged[-1]} {unit}"
-        else:
-            merged.append(unit)
-    out: list[Generated] = []
-    for unit in merged:
-        cites = tuple(int(n) for group in _CITE_RE.findall(unit) for n in re.findall(r"\d+", group))
-        clean = " ".join(_CITE_RE.sub(" ", unit).split())
-        clean = re.sub(r"\s+([.,;:!?])", r"\1", clean).strip()
-        if clean.endswith(":"):  # a heading or lead-in ("From “IVIG for Lupus”:") states nothing
-            continue
-        clean = _LEAD_IN.sub("", clean)
-        clean = clean[:1].upper() + clean[1:]
-        if re.search(r"[A-Za-z0-9]", clean):
-            out.append(Generated(clean, tuple(dict.fromkeys(cites))))
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# The engine
-# ---------------------------------------------------------------------------------------
-@dataclass
-class Source:
-    """A numbered source span in the prompt: verbatim text at ``start:end`` of its document."""
-
-    n: int
-    candidate: Candidate
-    start: int
-    end: int
-    text: str
-
-    @property
-    def title(self) -> str:
-        return self.candidate.passage.chunk.title
-
-
-@dataclass
-class _Budget:
-    """Judge calls and time left for verifying one answer."""
-
-    max_calls: int
-    deadline: float
-    calls: int = 0
 
 
 @dataclass
@@ -589,25 +62,8 @@ class Plan:
     supporting quotes and any fallback, the scored candidates (scored once per question)."""
 
     sources: list[Source]
-    best: float
     ranked: list[Candidate]
     selected: list[Candidate]
-
-
-@dataclass
-class LLMComposition(Composition):
-    """A composition plus what the LLM engine measured (merged into ``Answer.timings_ms``)."""
-
-    timings: dict[str, float] = field(default_factory=dict)
-    dropped: list[tuple[str, str]] = field(default_factory=list)  # (sentence, why)
-
-
-SYSTEM_PROMPT = (
-    "You answer questions about IVIG for patients, using only the numbered source sentences.\n"
-    "Write 2 to 4 short sentences in plain words. When several sources answer, say what each one says. "
-    "Copy numbers, doses and names exactly as the sources write them. End each sentence with the "
-    "number of its source, like [2]. Add nothing that the sources do not say."
-)
 
 
 class LLMEngine:
@@ -620,7 +76,6 @@ class LLMEngine:
         model: LoadedModel,
         judge: SupportJudge | None = None,
     ) -> None:
-        self.retriever = retriever
         self.settings = settings
         self.model = model
         self.judge = judge or SupportJudge(model, settings)
@@ -632,29 +87,23 @@ class LLMEngine:
         """Load (or reuse) the configured chat model; a clear ``LLMUnavailableError`` otherwise."""
         return cls(retriever, settings, load_chat_model(settings))
 
-    # -- the prompt --------------------------------------------------------------------
-    def sources(self, question: str, retrieval: Retrieval) -> tuple[list[Source], float]:
-        """The numbered sources for the prompt and the best similarity (see ``plan``)."""
-        plan = self.plan(question, retrieval)
-        return plan.sources, plan.best
-
+    # -- the plan ----------------------------------------------------------------------
     def plan(self, question: str, retrieval: Retrieval) -> Plan:
         """The sentences the extractive engine would quote, within the prompt budget, numbered.
 
         Offering the model only the extractive selection (strong enough, de-duplicated, spread
-        over the documents) keeps a small model on topic. Also returns the best similarity and
-        the candidates (for the supporting quotes and the fallback).
+        over the documents) keeps a small model on topic. Also returns the candidates (for the
+        supporting quotes and the fallback).
         """
         ranked = self.extractive.candidates(question, retrieval)
-        best = max((c.similarity for c in ranked), default=0.0)
         selected = self.extractive.select(ranked)
         s = self.settings
-        budget = s.llm_context_tokens * CHARS_PER_TOKEN  # the whole prompt, titles included
+        budget = s.llm.context_tokens * CHARS_PER_TOKEN  # the whole prompt, titles included
         picked: list[tuple[Candidate, int, int, str]] = []
         used = len(SYSTEM_PROMPT) + len(question) + 40
         docs: set[str] = set()
         for cand in selected:
-            if len(picked) >= s.llm_max_passages:
+            if len(picked) >= s.llm.max_passages:
                 break
             chunk = cand.passage.chunk
             start, end = cand.quote_start, cand.quote_end
@@ -664,7 +113,7 @@ class LLMEngine:
             ):
                 continue
             text = chunk.text[start - chunk.start : end - chunk.start]
-            cost = len(" ".join(text.split())) + 6
+            cost = len(collapse_space(text)) + 6
             if cand.sentence.doc_id not in docs:
                 cost += len(chunk.title) + 10
             if picked and used + cost > budget:
@@ -676,24 +125,7 @@ class LLMEngine:
         doc_order = list(dict.fromkeys(c.sentence.doc_id for c, *_ in picked))
         ordered = sorted(picked, key=lambda p: doc_order.index(p[0].sentence.doc_id))
         numbered = [Source(i, c, st, en, text) for i, (c, st, en, text) in enumerate(ordered, start=1)]
-        return Plan(numbered, best, ranked, selected)
-
-    @staticmethod
-    def prompt_text(question: str, sources: list[Source]) -> str:
-        lines = ["Sources:"]
-        title = None
-        for src in sources:
-            if src.title != title:
-                title = src.title
-                lines.append(f"From “{title}”:")
-            lines.append(f"[{src.n}] {' '.join(src.text.split())}")
-        lines += ["", f"Question: {question}"]
-        return "\n".join(lines)
-
-    def messages(self, question: str, sources: list[Source]) -> list:
-        from langchain_core.messages import HumanMessage, SystemMessage
-
-        return [SystemMessage(SYSTEM_PROMPT), HumanMessage(self.prompt_text(question, sources))]
+        return Plan(numbered, ranked, selected)
 
     # -- generation ----------------------------------------------------------------------
     def _generate(self, messages: list, timings: dict[str, float], since: float) -> Iterator[str]:
@@ -709,10 +141,10 @@ class LLMEngine:
         def work() -> None:
             try:
                 with self.model.lock:
-                    for chunk in self.model.chat.stream(messages, stop=["\nQuestion:", "\nSources:"]):
+                    for chunk in self.model.chat.stream(messages, stop=STOP):
                         if cancel.is_set():
                             break
-                        pieces.put(_text(chunk.content))
+                        pieces.put(message_text(chunk.content))
             except Exception as exc:  # handed to the consumer
                 pieces.put(exc)
             finally:
@@ -726,7 +158,7 @@ class LLMEngine:
         try:
             while True:
                 elapsed = time.perf_counter() - started
-                limit = self.settings.llm_first_token_timeout_s if first else self.settings.llm_timeout_s
+                limit = self.settings.llm.first_token_timeout_s if first else self.settings.llm.timeout_s
                 try:
                     item = pieces.get(timeout=max(0.01, limit - elapsed))
                 except queue.Empty:
@@ -739,7 +171,7 @@ class LLMEngine:
                     timings["llm_first_token"] = round((time.perf_counter() - since) * 1000, 2)
                     first = False
                 count += 1
-                if time.perf_counter() - started > self.settings.llm_timeout_s:
+                if time.perf_counter() - started > self.settings.llm.timeout_s:
                     raise LLMTimeout()
                 if item:
                     yield item
@@ -750,13 +182,13 @@ class LLMEngine:
 
     # -- verification ----------------------------------------------------------------------
     def verify(
-        self, generated: list[Generated], sources: list[Source], budget: _Budget | None = None
+        self, generated: list[Generated], sources: list[Source], budget: Budget | None = None
     ) -> tuple[list[tuple[Generated, list[Source]]], list[tuple[str, str]]]:
         """Each sentence kept with the source(s) that support it, or dropped with the reason.
 
         ``budget`` (shared by the sentences of one answer) limits the judge calls and time.
         """
-        budget = budget or _Budget(self.settings.llm_judge_max_calls, time.perf_counter() + 3600)
+        budget = budget or Budget(self.settings.llm.judge_max_calls, time.perf_counter() + 3600)
         by_n = {s.n: s for s in sources}
         kept: list[tuple[Generated, list[Source]]] = []
         dropped: list[tuple[str, str]] = []
@@ -772,7 +204,7 @@ class LLMEngine:
         return kept, dropped
 
     def _support(
-        self, sentence: Generated, sources: list[Source], by_n: dict[int, Source], budget: _Budget
+        self, sentence: Generated, sources: list[Source], by_n: dict[int, Source], budget: Budget
     ) -> tuple[list[Source], str]:
         """Try the cited sources one by one, then together, then the best-matching others."""
         statement = sentence.text
@@ -818,12 +250,12 @@ class LLMEngine:
         timings: dict[str, float] = {}
         since = time.perf_counter()
         plan = self.plan(question, retrieval)
-        sources, best = plan.sources, plan.best
-        if not sources or best < self.settings.min_support_score:
+        sources = plan.sources
+        if not sources or retrieval.best_similarity < self.settings.policy.min_support_score:
             # The guardrails will say "not in the sources"; no need to run the model.
-            yield self._fallback(plan, limit, "llm skipped: no relevant sources", timings)
+            yield self._fallback(plan, limit, "no relevant sources", timings, skipped=True)
             return
-        messages = self.messages(question, sources)
+        messages = answer_messages(question, sources)
         text = ""
         try:
             for piece in self._generate(messages, timings, since):
@@ -831,21 +263,19 @@ class LLMEngine:
                 yield piece
         except LLMTimeout:
             log.warning("LLM timed out; the extractive engine answers")
-            yield self._fallback(plan, limit, "llm fallback: timeout", timings)
+            yield self._fallback(plan, limit, "timeout", timings)
             return
         except Exception as exc:
             log.warning("LLM failed (%s); the extractive engine answers", exc)
-            reason = f"llm fallback: error ({type(exc).__name__})"
-            yield self._fallback(plan, limit, reason, timings)
+            yield self._fallback(plan, limit, f"error ({type(exc).__name__})", timings)
             return
         started = time.perf_counter()
-        budget = _Budget(self.settings.llm_judge_max_calls, since + self.settings.llm_timeout_s)
+        budget = Budget(self.settings.llm.judge_max_calls, since + self.settings.llm.timeout_s)
         try:
             kept, dropped = self.verify(split_generated(text), sources, budget)
         except Exception as exc:
             log.warning("LLM verification failed (%s); the extractive engine answers", exc)
-            reason = f"llm fallback: verification error ({type(exc).__name__})"
-            yield self._fallback(plan, limit, reason, timings)
+            yield self._fallback(plan, limit, f"verification error ({type(exc).__name__})", timings)
             return
         if limit is not None:
             dropped += [(g.text, "over the sentence limit") for g, _ in kept[limit:]]
@@ -859,23 +289,21 @@ class LLMEngine:
         for sentence, why in dropped:
             log.info("dropped unsupported sentence (%s): %r", why, sentence)
         if not kept:
-            composition = self._fallback(plan, limit, "llm fallback: nothing verified", timings)
-            composition.dropped = dropped
-            yield composition
+            yield self._fallback(plan, limit, "nothing verified", timings)
             return
         quotes = self._supporting_quotes(kept, plan.selected, limit)
         timings["supporting_quotes"] = float(len(quotes))
         body, citations = render(kept, quotes)
-        yield LLMComposition(body, citations, self.name, best, timings=timings, dropped=dropped)
+        yield Composition(body, citations, self.name, generated=True, timings=timings)
 
     def _supporting_quotes(
         self, kept: list[tuple[Generated, list[Source]]], selected: list[Candidate], limit: int | None
     ) -> list[Candidate]:
         """The extractive selection's sentences that no kept sentence cites (shown verbatim)."""
         n = (
-            self.settings.llm_supporting_quotes
+            self.settings.llm.supporting_quotes
             if limit is None
-            else min(limit, self.settings.llm_supporting_quotes)
+            else min(limit, self.settings.llm.supporting_quotes)
         )
         cited = [(src.candidate.sentence.doc_id, src.start, src.end) for _, group in kept for src in group]
         out: list[Candidate] = []
@@ -890,15 +318,18 @@ class LLMEngine:
         return out
 
     def _fallback(
-        self, plan: Plan, limit: int | None, reason: str, timings: dict[str, float]
-    ) -> LLMComposition:
-        """The extractive engine's answer, from the candidates the plan already scored."""
+        self, plan: Plan, limit: int | None, reason: str, timings: dict[str, float], skipped: bool = False
+    ) -> Composition:
+        """The extractive engine's answer, from the candidates the plan already scored.
+
+        ``reason`` becomes ``fallback_reason``; the ``engine`` shown to users says it too, e.g.
+        ``"extractive (llm fallback: timeout)"`` or, when the model was not run at all,
+        ``"extractive (llm skipped: no relevant sources)"``.
+        """
         chosen = plan.selected if limit is None else self.extractive.select(plan.ranked, limit)
         base = compose_quotes(chosen, self.extractive.name)
-        return LLMComposition(base.text, base.citations, f"extractive ({reason})", plan.best, timings=timings)
-
-
-SUPPORTING_QUOTES_LEAD = "More from the sources, word for word:"
+        engine = f"extractive (llm {'skipped' if skipped else 'fallback'}: {reason})"
+        return Composition(base.text, base.citations, engine, fallback_reason=reason, timings=timings)
 
 
 def _citation(n: int, cand: Candidate, start: int, end: int) -> Citation:
@@ -949,6 +380,6 @@ def render(
         lines = [SUPPORTING_QUOTES_LEAD]
         for cand in quotes:
             citations.append(_citation(len(citations) + 1, cand, cand.quote_start, cand.quote_end))
-            lines.append(f"- {' '.join(citations[-1].quote.split())} [{len(citations)}]")
+            lines.append(f"- {collapse_space(citations[-1].quote)} [{len(citations)}]")
         text = f"{text}\n\n" + "\n".join(lines)
     return text, citations

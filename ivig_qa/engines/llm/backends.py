@@ -1,0 +1,176 @@
+"""Loading and unloading the LangChain chat models the LLM engine and its judge talk to.
+
+Two backends: a local GGUF through llama.cpp (langchain-community's ``ChatLlamaCpp``) and any
+OpenAI-compatible server (``ChatOpenAI``). A model is loaded once per process and shared.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ivig_qa.embeddings import ModelNotFoundError
+from ivig_qa.engines.llm import models
+from ivig_qa.settings import Settings
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+
+class LLMUnavailableError(ModelNotFoundError):
+    """The LLM engine was asked for but cannot run here; the message says what to install."""
+
+
+@dataclass
+class LoadedModel:
+    """A chat model plus the lock that serialises calls into an in-process llama.cpp model."""
+
+    chat: BaseChatModel
+    name: str
+    lock: Any = field(default_factory=threading.Lock)
+
+
+_LOADED: dict[tuple, LoadedModel] = {}
+_LOADING = threading.Lock()
+
+# What each backend imports; all of it comes with the `llm` extra.
+_NEEDS = {"llamacpp": ["llama_cpp", "langchain_community"], "openai": ["langchain_openai"]}
+
+
+@atexit.register
+def unload_chat_models() -> None:
+    """Free in-process llama.cpp models while the interpreter still works.
+
+    Left to the garbage collector at exit, ``Llama.__del__`` runs after the modules it needs
+    are torn down and prints a ``TypeError`` traceback on every exit.
+    """
+    with _LOADING:
+        for loaded in _LOADED.values():
+            client = getattr(loaded.chat, "client", None)
+            close = getattr(client, "close", None)
+            if callable(close):
+                close()
+        _LOADED.clear()
+
+
+def require_extra(backend: str) -> None:
+    """Raise ``LLMUnavailableError`` (not an ImportError traceback) when the extra is missing."""
+    missing = [m for m in _NEEDS[backend] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LLMUnavailableError(
+            f"the LLM engine ({backend}) needs {', '.join(missing)}, which is not installed. "
+            f"Install the optional extra with `{models.INSTALL_HINT}` (llama-cpp-python compiles from "
+            "source; see the README), or set engine = 'extractive'."
+        )
+
+
+def _model_key(settings: Settings) -> tuple:
+    return (
+        settings.llm.backend,
+        str(settings.llm.model_path or settings.llm.model_dir),
+        settings.llm.model_name,
+        settings.llm.base_url,
+        settings.llm.n_ctx,
+        settings.llm.n_threads,
+        settings.llm.temperature,
+        settings.llm.max_tokens,
+    )
+
+
+def load_chat_model(settings: Settings) -> LoadedModel:
+    """The configured chat model (cached: the engine and the eval judge share one copy)."""
+    require_extra(settings.llm.backend)
+    key = _model_key(settings)
+    with _LOADING:
+        if key not in _LOADED:
+            if settings.llm.backend == "openai":
+                _LOADED[key] = _openai_model(settings)
+            else:
+                _LOADED[key] = _llamacpp_model(settings)
+        return _LOADED[key]
+
+
+def _openai_model(settings: Settings) -> LoadedModel:
+    from langchain_openai import ChatOpenAI
+
+    if not settings.llm.base_url:
+        raise LLMUnavailableError("llm_backend = 'openai' needs llm_base_url (e.g. http://host:8000/v1)")
+    key = settings.llm.openai_api_key.get_secret_value() if settings.llm.openai_api_key else "not-needed"
+    chat = ChatOpenAI(
+        model=settings.llm.model_name,
+        base_url=settings.llm.base_url,
+        api_key=key,
+        temperature=settings.llm.temperature,
+        max_tokens=settings.llm.max_tokens,
+        timeout=settings.llm.timeout_s,
+        max_retries=1,
+    )
+    # A remote server handles its own concurrency: a lock that never blocks.
+    return LoadedModel(chat, settings.llm.model_name, lock=contextlib.nullcontext())
+
+
+def resolve_gguf(settings: Settings) -> Path:
+    """The GGUF to load: the configured file, or the packaged model joined and verified."""
+    if settings.llm.model_path is not None:
+        path = settings.llm.model_path.expanduser()
+        if not path.is_file():
+            raise LLMUnavailableError(f"llm_model_path {str(path)!r} is not a file")
+        return path
+    try:
+        return models.assemble(settings.llm.model_dir, full_check=settings.llm.verify_model_hash)
+    except models.ModelUnavailableError as exc:
+        raise LLMUnavailableError(str(exc)) from None
+    except OSError as exc:
+        raise LLMUnavailableError(
+            f"cannot join the packaged model into {settings.llm.model_dir}: {exc}"
+        ) from None
+
+
+def llamacpp_chat(model_path: Path | str, **params: Any) -> BaseChatModel:
+    """LangChain's ``ChatLlamaCpp`` over a GGUF file (``params``: its fields, e.g. ``n_ctx``).
+
+    ``ChatLlamaCpp`` passes ``rope_freq_base=10000`` by default, which overrides the model's own
+    RoPE base (1e6 for Qwen2.5) and degrades its answers; 0 means "as the GGUF says".
+    """
+    with warnings.catch_warnings():  # langchain-community warns that it is sunset upstream
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from langchain_community.chat_models import ChatLlamaCpp
+
+    return ChatLlamaCpp(
+        model_path=str(model_path), **{"rope_freq_base": 0.0, "rope_freq_scale": 0.0, **params}
+    )
+
+
+def _llamacpp_model(settings: Settings) -> LoadedModel:
+    path = resolve_gguf(settings)
+    try:
+        chat = llamacpp_chat(
+            path,
+            n_ctx=settings.llm.n_ctx,
+            n_threads=settings.llm.n_threads or os.cpu_count() or 2,
+            n_batch=512,
+            max_tokens=settings.llm.max_tokens,
+            temperature=settings.llm.temperature,
+            repeat_penalty=1.0,  # copying the sources' words and numbers is the point
+            seed=0,
+            verbose=False,
+        )
+    except ValueError as exc:  # ChatLlamaCpp wraps load errors in ValueError
+        raise LLMUnavailableError(f"cannot load {path}: {exc}") from None
+    return LoadedModel(chat, settings.llm.model_name)
+
+
+def message_text(content: Any) -> str:
+    """A chat message's (or chunk's) content as plain text, content blocks joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content blocks
+        return "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
+    return str(content)

@@ -1,0 +1,201 @@
+"""Checking a generated sentence against source text: numbers, time units, names, words, negation,
+then the model's own yes/no (``SupportJudge``); ``LLMSupportChecker`` is that check for the eval."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from ivig_qa.engines.llm.backends import (
+    LLMUnavailableError,
+    LoadedModel,
+    load_chat_model,
+    message_text,
+    require_extra,
+)
+from ivig_qa.engines.llm.prompts import judge_messages
+from ivig_qa.settings import Settings
+from ivig_qa.text import collapse_space, tokenize
+
+_NUMBER_WORDS = {
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+    "eleven": "11",
+    "twelve": "12",
+    "twenty": "20",
+    "hundred": "100",
+    "thousand": "1000",
+    "once": "1",
+    "twice": "2",
+    "thrice": "3",
+}
+# Units of time and frequency: "monthly" in a sentence needs months in its source.
+_UNIT = re.compile(
+    r"\b(?:(second|minute|hour|day|week|month|year)s?|(daily)|(weekly)|(monthly)|(yearly|annual(?:ly)?))\b",
+    re.IGNORECASE,
+)
+_UNIT_OF = {"daily": "day", "weekly": "week", "monthly": "month", "yearly": "year"}
+_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
+_ENTITY = re.compile(r"[A-Za-z][A-Za-z0-9'’-]*")
+_NEGATION = re.compile(
+    r"\b(?:not|no|never|none|nor|neither|cannot|without|unlikely|lack|lacks|unknown|unclear)\b|n['’]t\b",
+    re.IGNORECASE,
+)
+# Words every answer may use without the passage spelling them out.
+_FREE_ENTITIES = frozenset({"ivig", "i", "ig", "iv"})
+
+
+def numbers(text: str) -> set[str]:
+    """Numbers as values: "1,000" = "1000", "2.0" = "2", "two" = "2"."""
+    out: set[str] = set()
+    for raw in _NUMBER.findall(text):
+        word = _NUMBER_WORDS.get(raw.lower())
+        value = word or raw.replace(",", "")
+        try:
+            out.add(format(float(value), "g"))
+        except ValueError:
+            out.add(value)
+    return out
+
+
+def units(text: str) -> set[str]:
+    """Time units and frequencies, canonical ("weekly" = "week", "annually" = "year")."""
+    out: set[str] = set()
+    for m in _UNIT.finditer(text):
+        word = next(g for g in m.groups() if g).lower()
+        out.add(_UNIT_OF.get(word, "year" if word.startswith("annual") else word))
+    return out
+
+
+def entities(statement: str) -> list[str]:
+    """Named things: acronyms and mixed-case words anywhere, capitalised words after the first."""
+    found: list[str] = []
+    for i, m in enumerate(_ENTITY.finditer(statement)):
+        word = re.sub(r"['’]s$", "", m.group()).strip("'’-")
+        if not word or word.lower() in _FREE_ENTITIES:
+            continue
+        inner_caps = any(ch.isupper() for ch in word[1:])
+        if inner_caps or (i > 0 and word[0].isupper()):
+            found.append(word)
+    return found
+
+
+def _has_word(text_low: str, word: str) -> bool:
+    return re.search(rf"(?<![a-z0-9]){re.escape(word.lower())}", text_low) is not None
+
+
+def lexical_problem(statement: str, passage: str, min_overlap: float) -> str | None:
+    """Why ``passage`` cannot support ``statement`` on its words alone (None: it may)."""
+    missing_numbers = numbers(statement) - numbers(passage)
+    if missing_numbers:
+        return f"number(s) not in the source: {', '.join(sorted(missing_numbers))}"
+    missing_units = units(statement) - units(passage)
+    if missing_units:
+        return f"time unit(s) not in the source: {', '.join(sorted(missing_units))}"
+    low = passage.lower()
+    missing = [e for e in entities(statement) if not _has_word(low, e)]
+    if missing:
+        return f"name(s) not in the source: {', '.join(missing)}"
+    terms = set(tokenize(statement))
+    if terms:
+        source_terms = set(tokenize(passage))
+        share = len(terms & source_terms) / len(terms)
+        if share < min_overlap:
+            return f"only {share:.0%} of its words are in the source"
+    if _NEGATION.search(statement) and not _NEGATION.search(passage):
+        return "negates what the source does not"
+    return None
+
+
+@dataclass
+class Budget:
+    """Judge calls and time left for verifying one answer."""
+
+    max_calls: int
+    deadline: float
+    calls: int = 0
+
+
+class SupportJudge:
+    """Decides whether passage text supports a statement: lexical checks, then the model."""
+
+    def __init__(self, model: LoadedModel | None, settings: Settings) -> None:
+        self.model = model if settings.llm.judge else None
+        self.min_overlap = settings.llm.min_overlap
+
+    @staticmethod
+    def verbatim(statement: str, passage: str) -> bool:
+        """The statement is quoted from the passage (spacing, case and final stop aside)."""
+        claim = collapse_space(statement).rstrip(".!?").casefold()
+        return bool(claim) and claim in collapse_space(passage).casefold()
+
+    def judge(self, statement: str, passage: str) -> bool:
+        """The model's yes/no (True when no judge is configured)."""
+        if self.model is None:
+            return True
+        with self.model.lock:
+            reply = self.model.chat.invoke(judge_messages(statement, passage), max_tokens=3, temperature=0.0)
+        return message_text(reply.content).strip().lower().lstrip("\"'*").startswith("yes")
+
+    def check(self, statement: str, passage: str, budget: Budget | None = None) -> str | None:
+        """None when supported, else the reason. A verbatim quote needs no model to say so.
+
+        With a ``budget``, a model call is made only while calls and time are left (and counted).
+        """
+        if self.verbatim(statement, passage):
+            return None
+        problem = lexical_problem(statement, passage, self.min_overlap)
+        if problem:
+            return problem
+        if budget is not None and self.model is not None:
+            if budget.calls >= budget.max_calls:
+                return "verification budget used up"
+            if time.perf_counter() > budget.deadline:
+                return "verification time limit"
+            budget.calls += 1
+        return None if self.judge(statement, passage) else "the judge says the source does not support it"
+
+
+class LLMSupportChecker:
+    """``SupportChecker`` for ``ivig-qa eval --checker llm``: the engine's own verification."""
+
+    name = "llm"
+
+    def __init__(self, judge: SupportJudge) -> None:
+        self._judge = judge
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> LLMSupportChecker:
+        settings = settings or Settings()
+        try:
+            require_extra(settings.llm.backend)
+        except LLMUnavailableError as exc:
+            raise ValueError(f"--checker llm: {exc}") from None
+        return cls(_LazyJudge(settings))
+
+    def supports(self, statement: str, passages: list[str]) -> bool:
+        return self._judge.check(statement, " ".join(passages)) is None
+
+
+class _LazyJudge(SupportJudge):
+    """Loads the model on the first check (after the assistant, which may share it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(None, settings)
+        self._settings = settings
+        self._loaded = not settings.llm.judge
+
+    def judge(self, statement: str, passage: str) -> bool:
+        if not self._loaded:
+            self.model = load_chat_model(self._settings)
+            self._loaded = True
+        return super().judge(statement, passage)
