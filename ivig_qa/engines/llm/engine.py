@@ -69,6 +69,8 @@ class Plan:
 class LLMEngine:
     """Generates a short answer from numbered source sentences and keeps only verified sentences."""
 
+    generates = True
+
     def __init__(
         self,
         retriever: HybridRetriever,
