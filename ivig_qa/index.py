@@ -450,15 +450,9 @@ class IndexStore:
     def _add(self, col: Collection, **records: list[Any]) -> None:
         """Add records in slices the database accepts (Chroma caps the batch size)."""
         ids = records["ids"]
-        step = max(1, min(self._max_batch(), 5000))
+        step = max(1, min(self.client.get_max_batch_size(), 5000))
         for i in range(0, len(ids), step):
             col.add(**{k: v[i : i + step] for k, v in records.items()})
-
-    def _max_batch(self) -> int:
-        try:
-            return int(self.client.get_max_batch_size()) or 1000
-        except Exception:  # older servers do not say
-            return 1000
 
     def _copy_documents(self, old: str, new: str, doc_ids: list[str]) -> None:
         """Carry unchanged documents' records and vectors over without re-embedding."""
