@@ -46,7 +46,7 @@ def server_settings(chroma: ChromaServer, tmp_path: Path, corpus_dir: Path) -> S
     for doc_id in SMALL_DOCS:
         shutil.copy(corpus_dir / f"{doc_id}.txt", corpus)
     shutil.copy(corpus_dir / "sources.toml", corpus)
-    return Settings(
+    return Settings.load(
         corpus_dir=corpus,
         index_dir=tmp_path / "no-local-index",
         chroma_url=chroma.url,

@@ -180,7 +180,7 @@ def test_a_dead_or_hung_chroma_server_fails_fast_and_recovers_by_itself(
     corpus_dir: Path, tmp_path: Path
 ) -> None:
     with ChromaServer(tmp_path / "chroma") as chroma, httpx.Client(timeout=30) as client:
-        settings = Settings(
+        settings = Settings.load(
             corpus_dir=small_corpus(corpus_dir, tmp_path / "corpus"),
             index_dir=tmp_path / "no-local-index",
             chroma_url=chroma.url,
@@ -280,9 +280,7 @@ def burst_server(
     assistant: Assistant, session_settings: Settings, tmp_path: Path
 ) -> Iterator[tuple[str, Path]]:
     db = tmp_path / "feedback.sqlite3"
-    settings = session_settings.model_copy(
-        update={"feedback_db": db, "rate_limit_per_minute": 30, "chat_ui": False}
-    )
+    settings = session_settings.updated(**{"feedback_db": db, "rate_limit_per_minute": 30, "chat_ui": False})
     with BackgroundServer(create_app(settings, assistant=assistant), settings) as url:
         yield url, db
 
@@ -314,9 +312,7 @@ def test_a_burst_of_10000_requests_loses_nothing(
 
     # Without a rate limit every one of 1,000 concurrent ratings must land.
     free_db = tmp_path / "free.sqlite3"
-    free = session_settings.model_copy(
-        update={"feedback_db": free_db, "rate_limit_per_minute": 0, "chat_ui": False}
-    )
+    free = session_settings.updated(**{"feedback_db": free_db, "rate_limit_per_minute": 0, "chat_ui": False})
     with BackgroundServer(create_app(free, assistant=assistant), free) as free_url:
         ratings = [feedback(f"free-{i}") for i in range(1_000)]
         got = asyncio.run(fire(free_url, ratings, concurrency=64))

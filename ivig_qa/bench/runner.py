@@ -72,8 +72,8 @@ def run_bench(settings: Settings, config: BenchConfig, step: Step = lambda _m: N
     builds: list[BuildResult] = []
     with _workdir() as work:
         # A private local index; no rate limit, so the load test measures answers, not 429s.
-        local = settings.model_copy(
-            update={
+        local = settings.updated(
+            **{
                 "index_dir": work / "index",
                 "feedback_db": work / "feedback.sqlite3",
                 "corpus_dir": settings.index.corpus_dir.resolve(),
