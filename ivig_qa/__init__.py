@@ -21,7 +21,16 @@ __version__ = "0.1.0"
 from ivig_qa.settings import Settings  # noqa: E402
 from ivig_qa.types import Answer, Citation, Status  # noqa: E402
 
-__all__ = ["Answer", "Assistant", "Citation", "Settings", "Status", "__version__"]
+__all__ = [
+    "Answer",
+    "Assistant",
+    "AssistantRunnable",
+    "Citation",
+    "Settings",
+    "Status",
+    "__version__",
+    "as_runnable",
+]
 
 
 def __getattr__(name: str):
@@ -30,4 +39,15 @@ def __getattr__(name: str):
         from ivig_qa.assistant import Assistant
 
         return Assistant
+    if name == "AssistantRunnable":
+        from ivig_qa.chain import AssistantRunnable
+
+        return AssistantRunnable
     raise AttributeError(name)
+
+
+def as_runnable(settings: Settings | None = None):  # -> ivig_qa.chain.AssistantRunnable
+    """Open the assistant (building the index when needed) as a LangChain Runnable."""
+    from ivig_qa.assistant import Assistant
+
+    return Assistant.load(settings).as_runnable()

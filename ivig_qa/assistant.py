@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ivig_qa.conversation import condense
 from ivig_qa.engines import make_engine
@@ -34,9 +35,17 @@ from ivig_qa.settings import Settings
 from ivig_qa.text import strip_markup
 from ivig_qa.types import Answer, Decision, Message, Reason, Status
 
+if TYPE_CHECKING:
+    from ivig_qa.chain import AssistantRunnable
+
 log = logging.getLogger(__name__)
 
 HistoryLike = Sequence[Message | dict]
+
+
+def _direct(name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Runs one named stage of the flow as is (the Runnable passes one that traces it)."""
+    return fn(*args, **kwargs)
 
 
 @dataclass
@@ -119,8 +128,19 @@ class Assistant:
         assert isinstance(answer, Answer)
         return answer
 
-    def _run(self, question: str, history: HistoryLike | None) -> Iterator[str | Answer]:
-        """The whole flow: yields the answer text piece by piece, then the ``Answer``."""
+    def as_runnable(self) -> AssistantRunnable:
+        """This assistant as a LangChain Runnable: ``{"question", "history"}`` → ``Answer``."""
+        from ivig_qa.chain import AssistantRunnable
+
+        return AssistantRunnable(self)
+
+    def _run(
+        self, question: str, history: HistoryLike | None, stage: Callable[..., Any] = _direct
+    ) -> Iterator[str | Answer]:
+        """The whole flow: yields the answer text piece by piece, then the ``Answer``.
+
+        ``stage(name, fn, *args)`` runs each named stage (condense, retrieve, policy, compose).
+        """
         timer = _Timer.start()
         try:
             text = clean_question(question, self.limits.max_question_chars)
@@ -131,17 +151,19 @@ class Assistant:
             return
         t = timer.started
         words = self.retriever.vocabulary.normalise(strip_markup(strip_injection(text)))
-        standalone = condense(words, turns, self.retriever.term_weight)
+        standalone = stage("condense", condense, words, turns, self.retriever.term_weight)
         t = timer.lap("condense", t)
-        retrieval = self.retriever.retrieve(standalone)
+        retrieval = stage("retrieve", self.retriever.retrieve, standalone)
         t = timer.lap("retrieve", t)
-        decision = decide(text, words, retrieval.best_similarity, self.scope, self.thresholds)
+        decision = stage(
+            "policy", decide, text, words, retrieval.best_similarity, self.scope, self.thresholds
+        )
         t = timer.lap("policy", t)
         found: Composition | None = None
         pieces: Iterator[str | Composition] = iter(())
         if self._shows_quotes(decision, retrieval):
             limit = 3 if decision.status == Status.URGENT_CARE else None
-            pieces = self.engine.stream_compose(standalone, retrieval, limit=limit)
+            pieces = stage("compose", self.engine.stream_compose, standalone, retrieval, limit=limit)
         titles = sorted(self.manifest.titles.values())
         # The head goes out before the engine composes anything (the urgent-care instructions
         # first of all); the final Answer's wording follows what the engine actually did.
@@ -205,7 +227,7 @@ class Assistant:
         yield from self._run(question, history)
 
     def retrieve(self, question: str) -> Retrieval:
-        """Retrieval only (used by the evaluation to score recall@k)."""
+        """Retrieval only, with what composing reuses (LangChain callers: ``retriever.invoke``)."""
         return self.retriever.retrieve(question)
 
     def _answer(

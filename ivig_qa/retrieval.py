@@ -253,19 +253,27 @@ class HybridRetriever(BaseRetriever):
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun
     ) -> list[Document]:
-        return [
-            Document(
-                page_content=p.chunk.text,
-                id=p.chunk.chunk_id,
-                metadata={
-                    "doc_id": p.chunk.doc_id,
-                    "title": p.chunk.title,
-                    "heading": p.chunk.heading,
-                    "start": p.chunk.start,
-                    "end": p.chunk.end,
-                    "score": p.score,
-                    "similarity": p.similarity,
-                },
-            )
-            for p in self.retrieve(query).passages
-        ]
+        """``retriever.invoke(query)``: the fused passages as Documents, best first."""
+        return as_documents(self.retrieve(query).passages)
+
+
+def as_documents(passages: Sequence[ScoredPassage]) -> list[Document]:
+    """Passages as LangChain Documents: the chunk text, its id, source location and scores."""
+    return [
+        Document(
+            page_content=p.chunk.text,
+            id=p.chunk.chunk_id,
+            metadata={
+                "chunk_id": p.chunk.chunk_id,
+                "doc_id": p.chunk.doc_id,
+                "title": p.chunk.title,
+                "heading": p.chunk.heading,
+                "start": p.chunk.start,
+                "end": p.chunk.end,
+                "rank": p.rank,
+                "score": p.score,
+                "similarity": p.similarity,
+            },
+        )
+        for p in passages
+    ]

@@ -275,8 +275,9 @@ class Evaluator:
         item = loaded.item
         answer, earlier = self.converse(item)
         query = answer.standalone_question or item.question
-        passages = sorted(self.assistant.retrieve(query).passages, key=lambda p: p.rank)
-        ours = [TextRange(p.chunk.doc_id, p.chunk.start, p.chunk.end) for p in passages]
+        # Recall is scored on what a LangChain caller gets: the retriever's own ``invoke``.
+        hits = sorted(self.assistant.retriever.invoke(query), key=lambda d: d.metadata["rank"])
+        ours = [TextRange(d.metadata["doc_id"], d.metadata["start"], d.metadata["end"]) for d in hits]
         base = self.baseline.retrieve(item.question) if self.baseline else None
         evidence = [self._evidence(e, ours, base, answer.citations) for e in loaded.evidence]
         counts = bool(evidence) and item.expect == "answer"
@@ -305,7 +306,7 @@ class Evaluator:
             standalone_question=answer.standalone_question,
             answer=answer.answer,
             citations=citations,
-            retrieved=[p.chunk.chunk_id for p in passages],
+            retrieved=[str(d.id) for d in hits],
             baseline_retrieved=[f"{r.doc_id}@{r.start}" for r in base] if base is not None else None,
             evidence=evidence,
             counts_for_recall=counts,
