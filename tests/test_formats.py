@@ -379,7 +379,11 @@ def assert_quotes_verbatim(answer: Answer, docs: dict[str, SourceDocument]) -> N
     [
         ("what is the hyaluronidase for in subcutaneous immunoglobulin?", "scig-leaflet", 1),
         ("will the nurse phone me after my first home infusion?", "scig-leaflet", 2),
-        ("what kind of swelling at the infusion site is a reason to call the immunology unit?", "scig-leaflet", 3),
+        (
+            "what kind of swelling at the infusion site is a reason to call the immunology unit?",
+            "scig-leaflet",
+            3,
+        ),
         ("what do I do when the infusion pump gives an occlusion alarm?", "pump-guide", None),
         ("is there free parking at the infusion centre?", "visiting", None),
     ],
