@@ -31,6 +31,7 @@ from ivig_qa.settings import Settings
 from ivig_qa.testing import BackgroundServer, settings_env
 from ivig_qa.types import Answer, SourceDocument, Status
 from ivig_qa.web.app import create_app
+from ivig_qa.web.chat import render_answer
 
 HEADER = "Riverside Clinic · Immunology day unit · patient leaflet IM-07"
 
@@ -411,6 +412,7 @@ def test_server_reports_problems_shows_pages_and_serves_the_original(
 ) -> None:
     answer = formats_assistant.ask("will the nurse phone me after my first home infusion?")
     c = next(c for c in answer.citations if c.doc_id == "scig-leaflet")
+    assert f"**Subcutaneous immunoglobulin at home**, page {c.page} —" in render_answer(answer)
     with BackgroundServer(create_app(formats_corpus, assistant=formats_assistant)) as url:
         health = httpx.get(f"{url}/api/health", timeout=30).json()
         assert {p.split(": ", 1)[0] for p in health["problems"]} == set(PROBLEM_FILES)
