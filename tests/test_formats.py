@@ -9,7 +9,6 @@ unsupported format). The index tests use the real packaged model and a real Chro
 
 from __future__ import annotations
 
-import io
 import re
 import shutil
 from pathlib import Path
@@ -314,6 +313,20 @@ def test_a_pdf_with_some_pages_scanned_keeps_its_text_pages_and_says_which(tmp_p
     assert any(w.startswith("mixed.pdf: page 2 has no text layer") for w in report.warnings)
 
 
+def test_a_pdf_with_only_an_owner_password_is_read(tmp_path: Path) -> None:
+    writer = PdfWriter(clone_from=str(leaflet_pdf(tmp_path / "plain.pdf")))
+    writer.encrypt(user_password="", owner_password="owner-only", algorithm="AES-128")
+    with (tmp_path / "restricted.pdf").open("wb") as f:
+        writer.write(f)
+    assert "hyaluronidase" in read(tmp_path / "restricted.pdf").text
+
+
+def test_a_saved_page_in_its_own_encoding_is_decoded(tmp_path: Path) -> None:
+    page = '<html><head><meta charset="windows-1252"></head><body><p>Caf\xe9 \x96 IVIG day unit.</p></body></html>'
+    (tmp_path / "cafe.html").write_bytes(page.encode("latin-1"))
+    assert read(tmp_path / "cafe.html").text == "Café – IVIG day unit."
+
+
 def test_sources_kind_is_an_optional_checked_field() -> None:
     checked, warnings = validate_sources(
         {
@@ -478,4 +491,4 @@ def test_the_index_summary_table_lists_not_indexed_files(tmp_path: Path) -> None
     result = CliRunner().invoke(app, ["index"], env=settings_env(settings))
     assert result.exit_code == 0, result.output
     assert re.search(r"not indexed\s+│?\s*scan\.pdf", result.output)
-    assert io.StringIO(result.output).read().count("scan.pdf") >= 2  # the line above the table, and the row
+    assert result.output.count("scan.pdf") >= 2  # the line above the table, and the row
