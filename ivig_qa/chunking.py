@@ -12,6 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from ivig_qa import formats
 from ivig_qa.types import Block, Chunk, Sentence, SourceDocument
 
 CHUNKER_VERSION = "2"
@@ -73,7 +74,8 @@ class ChunkerSettings:
     overlap_sentences: int
 
     def fingerprint(self) -> str:
-        raw = f"v{CHUNKER_VERSION}:{self.max_chars}:{self.overlap_sentences}"
+        # The readers' versions too: a reader that extracts other text moves every offset.
+        raw = f"v{CHUNKER_VERSION}:{self.max_chars}:{self.overlap_sentences}:{formats.fingerprint()}"
         return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
@@ -134,7 +136,8 @@ def document_sentences(doc: SourceDocument) -> list[tuple[Sentence, str, int]]:
     for bi, block in enumerate(doc.blocks):
         for la, lb in _block_lines(doc.text, block):
             for a, b in split_sentences(doc.text, la, lb):
-                out.append((Sentence(doc.doc_id, a, b, doc.text[a:b]), block.heading, bi))
+                sentence = Sentence(doc.doc_id, a, b, doc.text[a:b], doc.page_at(a))
+                out.append((sentence, block.heading, bi))
     return out
 
 

@@ -115,11 +115,13 @@ def index(
     if settings.index.query_encoder == "onnx":
         ensure_onnx(settings)  # made now, once per model, so answering processes start fast
     for warning in summary.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
     for problem in summary.problems:
-        err.print(f"[red]skipped:[/] {problem}")
+        err.print(f"[red]not indexed:[/] {escape(problem)}")
     table = Table(title="Index", show_header=False)
     table.add_row("documents", str(summary.documents))
+    not_indexed = [p.split(": ", 1)[0] for p in summary.problems]
+    table.add_row("not indexed", ", ".join(not_indexed) or "none")
     table.add_row("chunks", str(summary.chunks))
     table.add_row("sentences", str(summary.sentences))
     table.add_row("embedded", ", ".join(summary.embedded_documents) or "none (up to date)")

@@ -1,31 +1,30 @@
 """Stage 1: read the corpus folder into ``SourceDocument``s.
 
-Page furniture (share buttons, subscribe boxes, comment sections) is removed by locating
-the *content blocks* of the original text rather than by rewriting it, so every offset a
-citation carries points into the file exactly as it is on disk.
+Each file is read by the format its suffix names (``ivig_qa.formats``: .txt/.md as they
+are on disk, .html/.htm, .pdf, .docx as the text their reader extracts); ``sources.toml``
+adds each document's title, publisher, url and kind. Nothing is skipped silently: a file
+that cannot be used (unsupported, damaged, encrypted, a scan without text, empty) is a
+*problem* named in the report, and the rest of the corpus loads anyway.
 """
 
 from __future__ import annotations
 
 import hashlib
-import html
 import logging
 import re
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
+from typing import Any
 
-from ivig_qa import data
-from ivig_qa.types import Block, SourceDocument, Span
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ivig_qa import formats
+from ivig_qa.types import SourceDocument
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".html", ".htm")
 SOURCES_FILE = "sources.toml"
-MAX_HEADING_CHARS = 120
-_TERMINAL = (".", "!", "?", '."', ".”", "!”", "?”", ".)", ")")
 
 
 class CorpusError(Exception):
@@ -41,91 +40,27 @@ class CorpusReport:
     warnings: list[str]
 
 
-@cache
-def _furniture_patterns() -> tuple[list[re.Pattern[str]], list[re.Pattern[str]]]:
-    rules = data.load("furniture.toml")
-    compile_all = lambda pats: [re.compile(p, re.IGNORECASE) for p in pats]  # noqa: E731
-    return compile_all(rules["line_patterns"]), compile_all(rules["trailer_patterns"])
+class SourceMetadata(BaseModel):
+    """One table of ``sources.toml``: what citations show about a document (all optional)."""
 
+    model_config = ConfigDict(extra="allow")
 
-def _lines(text: str, start: int = 0, end: int | None = None) -> Iterator[Span]:
-    """Spans of non-blank lines, trimmed of surrounding whitespace."""
-    end = len(text) if end is None else end
-    for m in re.finditer(r"[^\n]+", text[start:end]):
-        raw = m.group()
-        left = len(raw) - len(raw.lstrip())
-        right = len(raw.rstrip())
-        if right > left:
-            yield Span(start + m.start() + left, start + m.start() + right)
-
-
-def _is_heading(line: str, next_is_blank: bool, prev_is_blank: bool) -> bool:
-    """Short line with no sentence ending, standing alone or ending in ':'."""
-    if len(line) > MAX_HEADING_CHARS:
-        return False
-    if line.endswith(":"):
-        return True
-    if line.endswith(_TERMINAL) or line.lstrip().startswith(("•", "-", "*", "·")):
-        return False
-    return next_is_blank and prev_is_blank
-
-
-def _strip_markup_heading(line: str) -> str:
-    return line.lstrip("#").strip().rstrip(":").strip()
-
-
-def find_blocks(text: str, spans: list[Span] | None = None) -> list[Block]:
-    """Split text into content blocks, dropping furniture and attaching section headings.
-
-    ``spans`` limits the search to given regions (used for HTML, where only the text
-    between tags is content).
-    """
-    line_pats, trailer_pats = _furniture_patterns()
-    regions = spans if spans is not None else [Span(0, len(text))]
-    lines = [ln for r in regions for ln in _lines(text, r.start, r.end)]
-    blocks: list[Block] = []
-    heading = ""
-    for i, span in enumerate(lines):
-        line = text[span.start : span.end]
-        bare = line.strip()
-        if any(p.search(bare) for p in trailer_pats):
-            break
-        if any(p.search(bare) for p in line_pats):
-            continue
-        prev_blank = i == 0 or "\n\n" in text[lines[i - 1].end : span.start] or spans is not None
-        next_blank = i + 1 == len(lines) or "\n\n" in text[span.end : lines[i + 1].start] or spans is not None
-        if bare.startswith("#") or _is_heading(bare, next_blank, prev_blank):
-            heading = _strip_markup_heading(bare)
-            continue
-        blocks.append(Block(span=span, heading=heading))
-    return blocks
-
-
-_HTML_SKIP = re.compile(r"<(script|style|noscript|template|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-_HTML_TAG = re.compile(r"<[^>]*>|<!--.*?-->", re.DOTALL)
-
-
-def html_text_spans(raw: str) -> list[Span]:
-    """Spans of visible text between tags (raw, so offsets stay valid in the file)."""
-    hidden = [m.span() for m in _HTML_SKIP.finditer(raw)]
-    spans: list[Span] = []
-    pos = 0
-    for m in _HTML_TAG.finditer(raw):
-        if m.start() > pos and not any(a <= pos < b for a, b in hidden):
-            spans.append(Span(pos, m.start()))
-        pos = m.end()
-    if pos < len(raw):
-        spans.append(Span(pos, len(raw)))
-    return [s for s in spans if raw[s.start : s.end].strip()]
-
-
-def _html_title(raw: str) -> str | None:
-    m = re.search(r"<title[^>]*>(.*?)</title>", raw, re.IGNORECASE | re.DOTALL)
-    return html.unescape(m.group(1)).strip() if m else None
+    title: str | None = Field(None, min_length=1, max_length=300)
+    publisher: str | None = Field(None, min_length=1, max_length=300)
+    url: str | None = Field(None, pattern=r"^https?://\S+$", description="An http(s) address.")
+    kind: str | None = Field(
+        None,
+        min_length=1,
+        max_length=60,
+        description="The kind of source, shown next to citations: leaflet, clinical reference, "
+        "patient-community article, journal abstract…",
+    )
+    doi: str | None = Field(None, min_length=1, max_length=200)
+    topics: list[str] | None = None
 
 
 def read_sources(corpus_dir: Path) -> dict[str, dict]:
-    """The metadata table; a broken sources.toml is a clear error, not a traceback."""
+    """The metadata table as written; a broken sources.toml is a clear error, not a traceback."""
     path = corpus_dir / SOURCES_FILE
     if not path.exists():
         return {}
@@ -135,56 +70,114 @@ def read_sources(corpus_dir: Path) -> dict[str, dict]:
         raise CorpusError(f"{path}: cannot parse metadata ({exc})") from exc
 
 
+def validate_sources(raw: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Each document's checked metadata, and a warning per field that was wrong (and left out)."""
+    checked: dict[str, dict[str, Any]] = {}
+    warnings: list[str] = []
+    for doc_id, table in raw.items():
+        if not isinstance(table, dict):
+            warnings.append(f"{SOURCES_FILE}: {doc_id!r} is not a table ([{doc_id}] …); ignored")
+            continue
+        table = dict(table)
+        try:
+            meta = SourceMetadata.model_validate(table)
+        except ValidationError as exc:
+            for key in dict.fromkeys(str(e["loc"][0]) for e in exc.errors() if e["loc"]):
+                msg = next(e["msg"] for e in exc.errors() if e["loc"] and str(e["loc"][0]) == key)
+                warnings.append(f"{SOURCES_FILE} [{doc_id}] {key}: {msg}; ignored")
+                table.pop(key, None)
+            meta = SourceMetadata.model_validate(table)
+        checked[doc_id] = meta.model_dump(exclude_unset=True)
+    return checked, warnings
+
+
 def _title_from_stem(stem: str) -> str:
     return re.sub(r"[-_]+", " ", stem).strip().capitalize()
 
 
-def load_document(path: Path, metadata: dict | None) -> SourceDocument:
-    """Read one file; raise ``CorpusError`` naming the file when it cannot be used."""
+def load_document(path: Path, metadata: dict | None, warnings: list[str] | None = None) -> SourceDocument:
+    """Read one file; raise ``CorpusError`` naming the file when it cannot be used.
+
+    What the reader noticed but could live with (pages without text…) goes to ``warnings``.
+    """
+    fmt = formats.for_suffix(path.suffix)
+    if fmt is None:
+        supported = ", ".join(formats.suffixes())
+        kind = path.suffix or "no suffix"
+        raise CorpusError(f"{path.name}: unsupported format ({kind}); supported: {supported}")
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise CorpusError(f"{path.name}: unreadable ({exc.strerror or exc})") from exc
-    if b"\x00" in data[:4096]:
-        raise CorpusError(f"{path.name}: looks binary, not text")
+    if not data.strip():
+        raise CorpusError(f"{path.name}: empty file")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{path.name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    is_html = path.suffix.lower() in (".html", ".htm")
-    blocks = find_blocks(text, html_text_spans(text) if is_html else None)
-    if not blocks:
+        extracted = fmt.read(data)
+    except formats.FormatError as exc:
+        raise CorpusError(f"{path.name}: {exc}") from exc
+    if not extracted.blocks:
         raise CorpusError(f"{path.name}: empty (no readable content)")
+    if warnings is not None:
+        warnings.extend(f"{path.name}: {w}" for w in extracted.warnings)
     meta = dict(metadata or {})
-    title = meta.get("title") or (_html_title(text) if is_html else None) or _title_from_stem(path.stem)
+    title = meta.get("title") or extracted.title or _title_from_stem(path.stem)
     meta.setdefault("title", title)
     return SourceDocument(
         doc_id=path.stem,
         path=str(path),
-        text=text,
+        text=extracted.text,
         title=title,
         metadata=meta,
-        blocks=blocks,
+        blocks=extracted.blocks,
         content_hash=hashlib.sha256(data).hexdigest(),
+        pages=extracted.pages,
+        media_type=fmt.media_type,
     )
 
 
+def _ignored(path: Path) -> str | None:
+    """Why a folder entry is not a document at all (None: it should be one)."""
+    if path.name == SOURCES_FILE or path.name.startswith("."):
+        return ""  # the metadata, or a hidden file (.DS_Store, .gitkeep): nothing to say
+    if path.name.startswith("~$"):
+        return "an Office lock file (the document is open in an editor); ignored"
+    if path.is_dir():
+        return "a folder: documents in subfolders are not read"
+    return None
+
+
 def load_corpus(corpus_dir: Path) -> CorpusReport:
-    """Load every supported file; problems are collected per file instead of aborting."""
+    """Load every file of the folder; problems are collected per file instead of aborting."""
     if not corpus_dir.is_dir():
         raise CorpusError(f"corpus folder not found: {corpus_dir}")
-    sources = read_sources(corpus_dir)
-    documents, problems, warnings = [], [], []
+    sources, warnings = validate_sources(read_sources(corpus_dir))
+    documents: list[SourceDocument] = []
+    problems: list[str] = []
+    by_id: dict[str, str] = {}
     for path in sorted(corpus_dir.iterdir()):
-        if path.suffix.lower() not in SUPPORTED_SUFFIXES or not path.is_file():
+        why = _ignored(path)
+        if why is not None:
+            if why:
+                warnings.append(f"{path.name}: {why}")
+            continue
+        if path.stem in by_id and formats.for_suffix(path.suffix):
+            problems.append(
+                f"{path.name}: same name as {by_id[path.stem]} (a document's id is its file name "
+                "without the suffix); rename one of them"
+            )
             continue
         meta = sources.get(path.stem)
-        if meta is None:
-            warnings.append(f"{path.name}: not listed in {SOURCES_FILE}; title taken from the file name")
         try:
-            documents.append(load_document(path, meta))
+            documents.append(load_document(path, meta, warnings))
         except CorpusError as exc:
             problems.append(str(exc))
+            continue
+        by_id[path.stem] = path.name
+        if meta is None:
+            warnings.append(f"{path.name}: not listed in {SOURCES_FILE}; title taken from the document")
+    for doc_id in sorted(set(sources) - set(by_id)):
+        if not any(p.startswith(f"{doc_id}.") for p in problems):
+            warnings.append(f"{SOURCES_FILE} lists {doc_id!r} but the corpus has no such document")
     for problem in problems:
         log.warning("skipped %s", problem)
     for warning in warnings:

@@ -28,7 +28,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 from urllib.parse import urlparse
 
@@ -61,7 +61,12 @@ class IndexUnavailableError(RuntimeError):
 
 @dataclass
 class Manifest:
-    """What an index version was built from; any difference makes it stale."""
+    """What an index version was built from; any difference in the first four makes it stale.
+
+    ``documents`` maps each doc_id to the SHA-256 of its file's bytes. ``problems`` and
+    ``warnings`` are what the build reported about the corpus (files not indexed and why),
+    for ``/api/health``.
+    """
 
     version: str
     embedding_model: str
@@ -71,13 +76,16 @@ class Manifest:
     chunks: int = 0
     sentences: int = 0
     built_at: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str) -> Manifest:
-        return cls(**json.loads(raw))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(raw).items() if k in known})
 
 
 @dataclass
@@ -165,9 +173,11 @@ def chunk_metadata(chunk: Chunk, doc: SourceDocument) -> dict[str, Any]:
         "start": chunk.start,
         "end": chunk.end,
         "text": chunk.text,
-        "sentences": json.dumps([[s.start, s.end] for s in chunk.sentences]),
+        "sentences": json.dumps(
+            [[s.start, s.end] if s.page is None else [s.start, s.end, s.page] for s in chunk.sentences]
+        ),
     }
-    for key in ("publisher", "url"):
+    for key in ("publisher", "url", "kind"):
         if doc.metadata.get(key):
             meta[key] = str(doc.metadata[key])
     return meta
@@ -177,8 +187,8 @@ def chunk_from_record(chunk_id: str, meta: dict[str, Any]) -> Chunk:
     """Rebuild a ``Chunk`` from what Chroma stores (no corpus files needed at answer time)."""
     start, text = int(meta["start"]), str(meta["text"])
     sentences = [
-        Sentence(str(meta["doc_id"]), a, b, text[a - start : b - start])
-        for a, b in json.loads(str(meta["sentences"]))
+        Sentence(str(meta["doc_id"]), a, b, text[a - start : b - start], page[0] if page else None)
+        for a, b, *page in json.loads(str(meta["sentences"]))
     ]
     return Chunk(
         chunk_id=chunk_id,
@@ -371,6 +381,9 @@ class IndexStore:
 
         if current is not None and not embed and not removed:
             self._drop_orphans(keep=current.version)
+            if (current.problems, current.warnings) != (report.problems, report.warnings):
+                current.problems, current.warnings = report.problems, report.warnings
+                self._write_manifest(current)  # same version, what it says about the corpus updated
             return BuildSummary(
                 len(docs), current.chunks, current.sentences, [], reuse, [],
                 time.perf_counter() - started, False, report.problems, report.warnings,
@@ -389,10 +402,9 @@ class IndexStore:
         want.chunks = chunks_col.count()
         want.sentences = sent_col.count()
         want.built_at = time.time()
+        want.problems, want.warnings = report.problems, report.warnings
         # The switch: one write of the manifest record makes the new version active.
-        self._collection(self._name("meta")).upsert(
-            ids=[MANIFEST_ID], documents=[want.to_json()], embeddings=[[0.0, 0.0, 1.0]]
-        )
+        self._write_manifest(want)
         # Server mode: app servers may still be answering from the replaced version.
         grace = current.version if current and self.settings.index.chroma_url else None
         self._drop_orphans(keep=version, grace=grace)
@@ -400,6 +412,11 @@ class IndexStore:
             len(docs), want.chunks, want.sentences, embed, reuse, removed,
             time.perf_counter() - started, True, report.problems, report.warnings,
         )  # fmt: skip
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        self._collection(self._name("meta")).upsert(
+            ids=[MANIFEST_ID], documents=[manifest.to_json()], embeddings=[[0.0, 0.0, 1.0]]
+        )
 
     def _embed_chunks(
         self,

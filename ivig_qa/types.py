@@ -1,12 +1,14 @@
 """The few types that flow between the stages of the pipeline.
 
 ``SourceDocument`` → ``Chunk`` (with ``Sentence`` spans) → ``ScoredPassage`` → ``Answer``
-(with ``Citation``). Offsets always point into the original file text, so a quote can be
+(with ``Citation``). Offsets always point into the document's text (the file itself for
+.txt/.md, the text its format reader extracts for PDF, Word and HTML), so a quote can be
 checked and highlighted in its source.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -16,7 +18,7 @@ from pydantic import BaseModel, Field
 
 @dataclass(frozen=True)
 class Span:
-    """A half-open character range ``[start, end)`` in a document's original text."""
+    """A half-open character range ``[start, end)`` in a document's text."""
 
     start: int
     end: int
@@ -32,7 +34,10 @@ class Block:
 
 @dataclass
 class SourceDocument:
-    """One file of the corpus: its original text, metadata and where the content is."""
+    """One file of the corpus: its text, metadata and where the content is.
+
+    ``pages`` lists ``(offset, page number)`` where each page's text starts (PDF only).
+    """
 
     doc_id: str
     path: str
@@ -41,6 +46,13 @@ class SourceDocument:
     metadata: dict[str, Any]
     blocks: list[Block]
     content_hash: str
+    pages: tuple[tuple[int, int], ...] = ()
+    media_type: str = "text/plain; charset=utf-8"
+
+    def page_at(self, offset: int) -> int | None:
+        """The page the character at ``offset`` is on (None for formats without pages)."""
+        i = bisect_right([o for o, _ in self.pages], offset)
+        return self.pages[max(i - 1, 0)][1] if self.pages else None
 
     def cleaned_text(self) -> str:
         """The document without page furniture, for showing a citation in context."""
@@ -55,6 +67,7 @@ class Sentence:
     start: int
     end: int
     text: str
+    page: int | None = None
 
     @property
     def sentence_id(self) -> str:
@@ -78,6 +91,11 @@ class Chunk:
         """What gets embedded: title and heading give the passage its topic."""
         heading = f" — {self.heading}" if self.heading else ""
         return f"{self.title}{heading}\n{self.text}"
+
+    def page_at(self, offset: int) -> int | None:
+        """The page of the sentence at (or last before) ``offset``; None without pages."""
+        before = [s.page for s in self.sentences if s.start <= offset]
+        return before[-1] if before else (self.sentences[0].page if self.sentences else None)
 
 
 @dataclass
@@ -126,9 +144,10 @@ class Citation(BaseModel):
     chunk_id: str
     text: str = Field(description="The retrieved passage.")
     quote: str = Field(description="The sentence(s) the answer used, verbatim.")
-    start: int = Field(description="Offset of the quote in the original source file.")
+    start: int = Field(description="Offset of the quote in the source's text (see /api/sources).")
     end: int
     score: float
+    page: int | None = Field(None, description="The PDF page the quote starts on (null without pages).")
 
 
 class Answer(BaseModel):

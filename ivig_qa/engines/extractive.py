@@ -224,6 +224,7 @@ def compose_quotes(chosen: list[Candidate], engine: str) -> Composition:
                     start=start,
                     end=end,
                     score=round(cand.score, 4),
+                    page=passage.page_at(start),
                 )
             )
             lines.append(f"- {' '.join(quote.split())} [{n}]")

@@ -180,6 +180,8 @@ def health_response(state: ServerState, down: str | None = None) -> JSONResponse
         chunks=m.chunks,
         engine=state.assistant.engine.name,
         index_version=m.version,
+        problems=m.problems,
+        warnings=m.warnings,
     )
     return JSONResponse(body.model_dump())
 

@@ -69,7 +69,8 @@ def render_answer(answer: Answer) -> str:
         for c in answer.citations:
             quote_text = " ".join(c.quote.split())
             title, quoted = md_text(c.title), md_text(quote_text)
-            parts.append(f"\n{c.n}. **{title}** — “{quoted}” [Read in context]({source_url(c)})")
+            page = f", page {c.page}" if c.page else ""
+            parts.append(f"\n{c.n}. **{title}**{page} — “{quoted}” [Read in context]({source_url(c)})")
     return "".join(parts)
 
 

@@ -1,4 +1,5 @@
-"""The HTML pages: the widget script, the embed and demo pages, and a source shown in context."""
+"""The HTML pages: the widget script, the embed and demo pages, a source shown in context and
+its original file (by doc_id only: never a path from the request)."""
 
 # No ``from __future__ import annotations`` here: FastAPI must see the real classes in signatures.
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -51,15 +52,57 @@ def page_routes() -> APIRouter:
         end: Annotated[int | None, Query(ge=0)] = None,
     ) -> Response:
         view = state.source(doc_id)
+        paragraphs = highlighted(view, start, end)
+        quote_page = page_at(view, start) if any(p.anchor for p in paragraphs) else None
+        original = str(request.url_for("source_file", doc_id=doc_id))
         context = {
             "view": view,
-            "paragraphs": highlighted(view, start, end),
+            "paragraphs": paragraphs,
             "details": source_details(view.metadata),
             "disclaimer": DISCLAIMER,
+            "original": original + (f"#page={quote_page}" if quote_page else ""),
+            "quote_page": quote_page,
         }
         return page(templates, request, "source.html", context, scripts=False)
 
+    @router.get("/files/{doc_id}", name="source_file")
+    async def source_file(state: State, doc_id: str) -> FileResponse:
+        """The corpus file behind a source, as the operator dropped it in the folder."""
+        view = state.source(doc_id)
+        corpus = state.settings.index.corpus_dir.resolve()
+        path = (corpus / view.file_name).resolve()
+        if path.parent != corpus or not path.is_file():
+            raise HTTPException(404, f"The original file of {doc_id!r} is no longer in the corpus.")
+        return FileResponse(
+            path,
+            media_type=view.media_type,
+            filename=view.file_name,
+            content_disposition_type="inline" if viewable(view.media_type) else "attachment",
+            headers=file_headers(view.media_type),
+        )
+
     return router
+
+
+def page_at(view: SourceView, offset: int | None) -> int | None:
+    """The PDF page the character at ``offset`` is on (None without pages)."""
+    before = [n for o, n in view.pages if o <= (offset or 0)]
+    return before[-1] if before else (view.pages[0][1] if view.pages else None)
+
+
+def viewable(media_type: str) -> bool:
+    """Browsers show these in the tab; others (Word files) are downloaded."""
+    return media_type.startswith(("application/pdf", "text/"))
+
+
+def file_headers(media_type: str) -> dict[str, str]:
+    """A saved web page may carry scripts: it is served sandboxed (no scripts, no same origin)."""
+    headers = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+    if media_type.startswith("text/html"):
+        headers["Content-Security-Policy"] = (
+            "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+        )
+    return headers
 
 
 @dataclass(frozen=True)
@@ -71,13 +114,16 @@ class Paragraph:
     mark: str
     after: str
     anchor: bool
+    page: int | None = None
+    new_page: bool = False  # the first block shown of its page
 
 
 def highlighted(view: SourceView, start: int | None, end: int | None) -> list[Paragraph]:
-    """The source's blocks with the ``[start, end)`` span (original-file offsets) marked."""
+    """The source's blocks with the ``[start, end)`` span (offsets into its text) marked."""
     paragraphs: list[Paragraph] = []
     heading = ""
     anchored = False
+    shown_page: int | None = None
     for p in view.passages:
         lo = max(start or 0, p.start) - p.start
         hi = min(end or 0, p.end) - p.start
@@ -91,10 +137,13 @@ def highlighted(view: SourceView, start: int | None, end: int | None) -> list[Pa
                 mark=p.text[lo:hi],
                 after=p.text[hi:],
                 anchor=marked and not anchored,
+                page=p.page,
+                new_page=p.page is not None and p.page != shown_page,
             )
         )
         anchored = anchored or marked
         heading = p.heading
+        shown_page = p.page
     return paragraphs
 
 

@@ -3,6 +3,7 @@
 # No ``from __future__ import annotations`` here: the request models are built per app
 # (their limits come from Settings) and FastAPI must see the real classes in signatures.
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -36,6 +37,13 @@ class HealthResponse(BaseModel):
     version: str = __version__
     index_version: str | None = None
     error: str | None = None
+    problems: list[str] = Field(
+        default_factory=list, description="Corpus files the active index left out, and why (by name)."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the build noticed but could use (unlisted files, pages without text).",
+    )
 
 
 class ClientConfig(BaseModel):
@@ -50,12 +58,13 @@ class ClientConfig(BaseModel):
 
 
 class SourcePassage(BaseModel):
-    """A content block of the source; offsets point into the original file like citations."""
+    """A content block of the source; offsets point into the source's text like citations."""
 
     start: int
     end: int
     heading: str
     text: str
+    page: int | None = Field(None, description="The PDF page the block starts on.")
 
 
 class SourceView(BaseModel):
@@ -64,6 +73,11 @@ class SourceView(BaseModel):
     metadata: dict[str, Any]
     text: str = Field(description="The cleaned text (page furniture removed).")
     passages: list[SourcePassage]
+    file_name: str = Field(description="The original file, served at /files/{doc_id}.")
+    media_type: str
+    pages: list[tuple[int, int]] = Field(
+        default_factory=list, description="(offset, page) where each PDF page's text starts."
+    )
 
     @classmethod
     def of(cls, doc: SourceDocument) -> "SourceView":
@@ -73,6 +87,7 @@ class SourceView(BaseModel):
                 end=b.span.end,
                 heading=b.heading,
                 text=doc.text[b.span.start : b.span.end],
+                page=doc.page_at(b.span.start),
             )
             for b in doc.blocks
         ]
@@ -82,6 +97,9 @@ class SourceView(BaseModel):
             metadata=doc.metadata,
             text=doc.cleaned_text(),
             passages=passages,
+            file_name=Path(doc.path).name,
+            media_type=doc.media_type,
+            pages=list(doc.pages),
         )
 
 

@@ -346,6 +346,7 @@ def _citation(n: int, cand: Candidate, start: int, end: int) -> Citation:
         start=start,
         end=end,
         score=round(cand.score, 4),
+        page=chunk.page_at(start),
     )
 
 

@@ -463,7 +463,7 @@
         var link = el("a", { href: sourceHref(c), target: "_blank", rel: "noopener noreferrer", text: "Read in context" });
         ol.appendChild(
           el("li", { value: String(Number(c.n) | 0) }, [
-            el("span", { className: "title", text: String(c.title || c.doc_id || "") }),
+            el("span", { className: "title", text: String(c.title || c.doc_id || "") + (c.page ? ", page " + (Number(c.page) | 0) : "") }),
             el("blockquote", { text: String(c.quote || "").replace(/\s+/g, " ").trim() }),
             link,
           ])
