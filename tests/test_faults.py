@@ -180,7 +180,7 @@ def test_a_dead_or_hung_chroma_server_fails_fast_and_recovers_by_itself(
     corpus_dir: Path, tmp_path: Path
 ) -> None:
     with ChromaServer(tmp_path / "chroma") as chroma, httpx.Client(timeout=30) as client:
-        settings = Settings(
+        settings = Settings.load(
             corpus_dir=small_corpus(corpus_dir, tmp_path / "corpus"),
             index_dir=tmp_path / "no-local-index",
             chroma_url=chroma.url,
