@@ -169,7 +169,17 @@ class ServerSettings(_Group):
     api_key: str | None = None
     rate_limit_per_minute: int = 60
     feedback_db: Path = Path("feedback.sqlite3")
+    feedback_retention_days: float | None = Field(
+        365, gt=0, description="Ratings older than this are deleted when the server starts (None: kept)."
+    )
     log_questions: bool = Field(False, description="Log question text. Off by default for privacy.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per log line (request id, route, status, duration)."
+    )
+    metrics: bool = Field(False, description="Serve Prometheus metrics at /metrics (API key when set).")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="On SIGTERM, in-flight answers and streams get this long to finish."
+    )
     chat_ui: bool = Field(True, description="Mount the Gradio chat at / (public: the API key guards /api).")
     app_title: str = Field("IVIG questions", description="Title of the chat, the widget and the embed page.")
     example_questions: list[str] = Field(

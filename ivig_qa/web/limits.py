@@ -3,11 +3,20 @@
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 from fastapi import Request
 
 from ivig_qa.settings import Settings
+
+
+class Limiter(Protocol):
+    """What the API and the chat ask of a rate limiter."""
+
+    def take(self, client: str) -> float:
+        """0.0 when ``client`` may go ahead, else the seconds until it may."""
+        ...
 
 
 class TokenBucketLimiter:
