@@ -7,6 +7,7 @@ switched on ``log_questions``; otherwise it is dropped before it reaches the dat
 """
 
 # The backends register themselves with FeedbackStore when imported.
+from ivig_qa.feedback import postgres as _postgres  # noqa: F401
 from ivig_qa.feedback import sqlite as _sqlite  # noqa: F401
 from ivig_qa.feedback.issued import IssuedAnswers
 from ivig_qa.feedback.models import AnswerFacts, CitedSource, FeedbackIn, FeedbackRecord, Rating
@@ -14,6 +15,7 @@ from ivig_qa.feedback.store import (
     FeedbackStore,
     FeedbackUnavailableError,
     feedback_location,
+    is_database_url,
     open_store,
 )
 
@@ -27,5 +29,6 @@ __all__ = [
     "IssuedAnswers",
     "Rating",
     "feedback_location",
+    "is_database_url",
     "open_store",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ivig_qa.feedback.issued import IssuedAnswers
-from ivig_qa.feedback.store import COLUMNS, FeedbackStore, FeedbackUnavailableError
+from ivig_qa.feedback.store import COLUMNS, FeedbackStore, FeedbackUnavailableError, is_database_url
 
 BUSY_TIMEOUT_S = 5.0  # a writer waits this long for another to finish, then the API answers 503
 
@@ -56,7 +56,7 @@ class SQLiteFeedbackStore(FeedbackStore):
 
     @classmethod
     def handles(cls, location: str | Path) -> bool:
-        return "://" not in str(location)  # a file path (a URL names a database server)
+        return not is_database_url(location)
 
     def __init__(
         self, location: str | Path, *, store_questions: bool = False, issued: IssuedAnswers | None = None

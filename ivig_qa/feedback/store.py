@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 from ivig_qa.feedback.issued import IssuedAnswers
 from ivig_qa.feedback.models import AnswerFacts, CitedSource, FeedbackIn, FeedbackRecord
@@ -166,8 +165,13 @@ def from_row(row: Sequence[Any]) -> FeedbackRecord:
 
 
 def feedback_location(settings: Settings) -> str | Path:
-    """Where the settings keep ratings: the SQLite file."""
-    return settings.server.feedback_db
+    """``feedback_url`` when set (PostgreSQL, shared by every app server), else the SQLite file."""
+    return settings.server.feedback_url or settings.server.feedback_db
+
+
+def is_database_url(location: str | Path) -> bool:
+    """True for a database server's URL (not a local file)."""
+    return "://" in str(location)
 
 
 def open_store(settings: Settings, issued: IssuedAnswers | None = None) -> FeedbackStore:
@@ -175,13 +179,3 @@ def open_store(settings: Settings, issued: IssuedAnswers | None = None) -> Feedb
     return FeedbackStore(
         feedback_location(settings), store_questions=settings.server.log_questions, issued=issued
     )
-
-
-def redacted(url: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))

@@ -188,7 +188,9 @@ def health_response(state: ServerState, down: str | None = None) -> JSONResponse
     if state.assistant is None or down:
         error = f"The index server is unreachable: {down}" if down else state.error
         status = "error" if error else "loading"
-        body = HealthResponse(status=status, ready=False, engine=engine, error=error)
+        body = HealthResponse(
+            status=status, ready=False, engine=engine, error=error, rate_limit=state.limiter.health()
+        )
         return JSONResponse(
             body.model_dump(), status_code=503, headers={"Retry-After": str(NOT_READY_RETRY_S)}
         )
@@ -200,6 +202,7 @@ def health_response(state: ServerState, down: str | None = None) -> JSONResponse
         chunks=m.chunks,
         engine=state.assistant.engine.name,
         index_version=m.version,
+        rate_limit=state.limiter.health(),
     )
     return JSONResponse(body.model_dump())
 

@@ -22,10 +22,11 @@ from ivig_qa.index import IndexUnavailableError, is_unavailable
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer
 from ivig_qa.web.errors import NOT_READY_RETRY_S
-from ivig_qa.web.limits import Limiter, TokenBucketLimiter, answer_slots
+from ivig_qa.web.limits import Limiter, answer_slots
 from ivig_qa.web.metrics import MeteredLimiter, Metrics
 from ivig_qa.web.middleware import note_request, request_logger
 from ivig_qa.web.schemas import SourceView
+from ivig_qa.web.shared_limits import make_limiter
 
 log = request_logger(__name__)
 
@@ -51,7 +52,7 @@ class ServerState:
     @classmethod
     def of(cls, settings: Settings) -> "ServerState":
         """A fresh state: one rate limiter, one feedback store and (when on) one metrics registry."""
-        limiter: Limiter = TokenBucketLimiter(settings.server.rate_limit_per_minute)
+        limiter = make_limiter(settings)
         state = cls(settings=settings, limiter=limiter, feedback=open_store(settings))
         if settings.server.metrics:
             state.metrics = Metrics(lambda: state.assistant)
@@ -112,6 +113,9 @@ def lifespan(
             tasks.cancel_scope.cancel()
         await anyio.to_thread.run_sync(state.feedback.close)
         log.info("feedback store closed (%s)", state.feedback.location)
+        close = getattr(state.limiter, "close", None)
+        if callable(close):
+            close()
 
     return run
 

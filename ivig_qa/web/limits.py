@@ -18,6 +18,10 @@ class Limiter(Protocol):
         """0.0 when ``client`` may go ahead, else the seconds until it may."""
         ...
 
+    def health(self) -> dict[str, object]:
+        """What ``/api/health`` says about the limits: ``backend``, ``shared``, ``error``."""
+        ...
+
 
 class TokenBucketLimiter:
     """Per-client token buckets: ``per_minute`` requests a minute, bursts up to the same.
@@ -49,6 +53,9 @@ class TokenBucketLimiter:
                 return 0.0
             self._buckets[client] = (tokens, now)
             return (1 - tokens) / self.refill_per_s
+
+    def health(self) -> dict[str, object]:
+        return {"backend": "local", "shared": False, "error": None}
 
     def _prune(self, now: float) -> None:
         """Forget clients whose bucket has refilled, so memory stays bounded."""

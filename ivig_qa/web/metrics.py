@@ -149,7 +149,10 @@ class MeteredLimiter:
             self.metrics.refusals.inc()
         return wait
 
-    def __getattr__(self, name: str) -> Any:  # health() and the rest of the limiter's interface
+    def health(self) -> dict[str, object]:
+        return self.limiter.health()
+
+    def __getattr__(self, name: str) -> Any:  # close() and the rest of the limiter's interface
         return getattr(self.limiter, name)
 
 

@@ -27,6 +27,14 @@ class ErrorResponse(BaseModel):
     details: list[FieldError] = Field(default_factory=list)
 
 
+class RateLimitHealth(BaseModel):
+    """Where the rate limits live: ``shared`` is false while a configured Redis is unreachable."""
+
+    backend: Literal["local", "redis"]
+    shared: bool
+    error: str | None = None
+
+
 class HealthResponse(BaseModel):
     status: Literal["ready", "loading", "error"]
     ready: bool
@@ -36,6 +44,7 @@ class HealthResponse(BaseModel):
     version: str = __version__
     index_version: str | None = None
     error: str | None = None
+    rate_limit: RateLimitHealth | None = None
 
 
 class ClientConfig(BaseModel):
