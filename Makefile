@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine (see README):
 #   make run   — install everything, build the index, start the chat on http://127.0.0.1:7860
-#   make test  — install everything (the LLM extra and Chromium for the browser tests too), run the
-#                tests and the eval gate
+#   make test  — install everything (the LLM extra, Chromium for the browser tests, PostgreSQL and
+#                Redis for the scale-out tests too), run the tests and the eval gate
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: install install-llm run index serve test eval lint browser
+.PHONY: install install-llm run index serve test eval lint browser services
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core) \
 		|| echo "warning: could not install Chromium; the browser tests will be skipped"; }
 
+# PostgreSQL and Redis for the scale-out tests (each test starts its own on a loopback port).
+services:
+	@{ command -v redis-server >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server) \
+		|| echo "warning: could not install PostgreSQL and Redis; the scale-out tests will be skipped"; }
+
 lint: install
 	$(BIN)/ruff check ivig_qa tests ui.py
 	$(BIN)/ruff format --check ivig_qa tests ui.py
@@ -65,7 +71,7 @@ eval: install
 	$(BIN)/ivig-qa eval --set eval/questions.jsonl --baseline --out eval/reports/latest.md \
 		$(foreach t,$(EVAL_GATE),--fail-under $(t))
 
-test: install install-llm browser
+test: install install-llm browser services
 	IVIG_QA_REQUIRE_LLM=1 $(BIN)/pytest -q
 	$(BIN)/ivig-qa eval --set eval/questions.jsonl --out test-artifacts/eval \
 		$(foreach t,$(EVAL_GATE),--fail-under $(t))

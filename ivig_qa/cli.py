@@ -1,4 +1,4 @@
-"""The ``ivig-qa`` command line: index, ask, chat (and the commands other modules add)."""
+"""The ``ivig-qa`` command line: index, ask, chat, serve, feedback (and the commands other modules add)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,11 @@ def main(
 @app.command()
 def index(
     rebuild: Annotated[
-        bool, typer.Option("--rebuild", help="Discard the index and build it from scratch.")
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="Embed every document again into a new version (the old one answers until the switch).",
+        ),
     ] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -343,8 +347,57 @@ def serve(host: HostOpt = None, port: PortOpt = None, config: ConfigOpt = None) 
     from ivig_qa.web.middleware import configure_logging
 
     settings = load_settings(config, host=host, port=port)
-    configure_logging()
+    configure_logging(fmt=settings.server.log_format)
     run_server(settings)
+
+
+@app.command()
+def feedback(
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only ratings since: 7d, 12h, 30m, 2w or a date (UTC).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    export: Annotated[
+        Path | None, typer.Option("--export", help="Also write every rating of the period to FILE.csv.")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Review the ratings: totals, and each thumbs-down with its status, reasons, sources and comment.
+
+    Questions are shown only when ``log_questions`` is on (and only those stored while it was).
+    """
+    from ivig_qa.feedback import FeedbackUnavailableError, feedback_location, open_store
+    from ivig_qa.feedback.report import FeedbackReport, parse_since
+
+    settings = load_settings(config)
+    try:
+        start = parse_since(since) if since else None
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_INVALID) from None
+    where = feedback_location(settings)
+    if isinstance(where, Path) and not where.is_file():
+        err.print(f"[yellow]no feedback yet:[/] {where} does not exist")
+        raise typer.Exit(1)
+    try:
+        store = open_store(settings)
+        try:
+            report = FeedbackReport(
+                store.ratings(since=start), start, settings.server.log_questions, store.location
+            )
+        finally:
+            store.close()
+    except FeedbackUnavailableError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    if export is not None:
+        count = report.write_csv(export)
+        err.print(f"wrote {count} rating(s) to {export}", highlight=False)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
+        return
+    for table in report.tables():
+        console.print(table)
 
 
 @app.command()

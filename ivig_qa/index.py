@@ -12,11 +12,17 @@ documents, embedding only changed ones) and then switches the manifest record in
 write. A build that dies halfway leaves the previous version active and answering; the
 next build removes the orphaned collections.
 
+``--rebuild`` is the same switch without reuse: every document is embedded again into a new
+version beside the old one, which keeps answering until the manifest names the new one (a
+rebuild killed halfway changes nothing). Only an index that cannot be read at all (a
+damaged database folder, an unreadable manifest) is set aside first: the local folder is
+moved to ``<index_dir>.damaged-<time>`` (deleted once the new index is built), on a server
+this prefix's collections are dropped (never another prefix's).
+
 On a Chroma server several app servers read the index while an indexer job writes it, so
 a build there keeps the version it replaced until the next build (the app servers switch
-to the new one within ``chroma_poll_s``), requests time out after ``chroma_timeout_s``
-instead of hanging on a dead server, and ``--rebuild`` drops this prefix's collections on
-the server (never another prefix's).
+to the new one within ``chroma_poll_s``), and requests time out after ``chroma_timeout_s``
+instead of hanging on a dead server.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -353,10 +360,7 @@ class IndexStore:
 
     def _build(self, rebuild: bool, progress: Progress | None) -> BuildSummary:
         started = time.perf_counter()
-        if rebuild and self.settings.index.chroma_url:
-            self._wipe_server()
-        elif rebuild:
-            self._wipe_local()
+        damaged = self._set_aside_if_unreadable() if rebuild else None
         report = load_corpus(self.settings.index.corpus_dir)
         if not report.documents:
             raise IndexUnavailableError(
@@ -365,9 +369,10 @@ class IndexStore:
             )
         docs = {d.doc_id: d for d in report.documents}
         want = self.target(report.documents)
-        current = None if rebuild else self.manifest()
+        current = self.manifest()
         compatible = (
-            current is not None
+            not rebuild
+            and current is not None
             and current.embedding_model == want.embedding_model
             and current.chunker == want.chunker
         )
@@ -379,7 +384,7 @@ class IndexStore:
         embed = [d for d in want.documents if d not in reuse]
         removed = sorted(set(current.documents) - set(want.documents)) if current else []
 
-        if current is not None and not embed and not removed:
+        if current is not None and not rebuild and not embed and not removed:
             self._drop_orphans(keep=current.version)
             if (current.problems, current.warnings) != (report.problems, report.warnings):
                 current.problems, current.warnings = report.problems, report.warnings
@@ -408,6 +413,9 @@ class IndexStore:
         # Server mode: app servers may still be answering from the replaced version.
         grace = current.version if current and self.settings.index.chroma_url else None
         self._drop_orphans(keep=version, grace=grace)
+        if damaged is not None and damaged.exists():
+            shutil.rmtree(damaged, ignore_errors=True)
+            log.info("removed the damaged index set aside at %s", damaged)
         return BuildSummary(
             len(docs), want.chunks, want.sentences, embed, reuse, removed,
             time.perf_counter() - started, True, report.problems, report.warnings,
@@ -502,27 +510,71 @@ class IndexStore:
                 self.client.delete_collection(name)
                 self._stores = {k: v for k, v in self._stores.items() if k[1] != version}
 
-    def _wipe_server(self) -> None:
-        """``--rebuild`` on a Chroma server: drop this prefix's collections, manifest included."""
+    def damage(self) -> str | None:
+        """Why the index cannot be read at all (``--rebuild`` sets it aside), or None.
+
+        A missing index, or a manifest naming a version whose collections are gone, is not
+        damage: the database still works and the rebuild writes a new version into it. A
+        server that does not answer is not damage either (``IndexUnavailableError``).
+        """
+        try:
+            current = self.manifest()
+            if current is not None:
+                for kind in ("chunks", "sentences"):
+                    collection = self.client.get_collection(self._name(kind, current.version))
+                    collection.get(limit=1, include=["metadatas"])
+        except chromadb.errors.NotFoundError:
+            return None
+        except IndexUnavailableError as exc:
+            if self.settings.index.chroma_url and isinstance(exc.__cause__, httpx.TransportError):
+                raise
+            return str(exc)
+        except httpx.TransportError as exc:
+            raise IndexUnavailableError(
+                f"the Chroma server at {self.location} does not answer ({exc})"
+            ) from exc
+        except Exception as exc:  # chromadb raises many types for a damaged database
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _set_aside_if_unreadable(self) -> Path | None:
+        """``--rebuild``: move a damaged index out of the way; a readable one stays and keeps answering.
+
+        Returns the local folder it was moved to (removed once the new index is active).
+        """
+        why = self.damage()
+        if why is None:
+            return None
+        log.warning("the index at %s cannot be read (%s): setting it aside", self.location, why)
+        if self.settings.index.chroma_url:
+            self._drop_prefix_on_server()
+            return None
+        return self._move_local_aside()
+
+    def _drop_prefix_on_server(self) -> None:
+        """Drop this prefix's collections on the server, manifest included (never another prefix's)."""
         for name in self._collection_names():
             if self._owned_version(name) is not None:
                 self.client.delete_collection(name)
         self._stores.clear()
         log.info(
-            "dropped the %r collections on %s for a clean rebuild",
+            "dropped the unreadable %r collections on %s",
             self.settings.index.collection_prefix,
             self.settings.index.chroma_url,
         )
 
-    def _wipe_local(self) -> None:
-        """``--rebuild``: start from an empty folder, whatever state the old one is in."""
+    def _move_local_aside(self) -> Path | None:
+        """Rename the damaged folder to ``<index_dir>.damaged-<time>`` so the build starts empty."""
         self._client = None
         self._stores.clear()
         SharedSystemClient.clear_system_cache()  # chromadb caches open databases per path
         path = self.settings.index.index_dir
-        if path.exists():
-            shutil.rmtree(path)
-        log.info("removed %s for a clean rebuild", path)
+        if not path.exists():
+            return None
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:4]}")
+        path.rename(aside)
+        log.info("moved the damaged index %s to %s", path, aside)
+        return aside
 
 
 def _new_sentences(chunks: list[Chunk], seen: set[str]) -> list[tuple[Sentence, Chunk]]:

@@ -12,6 +12,7 @@ import os
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
@@ -168,8 +169,26 @@ class ServerSettings(_Group):
     cors_origins: list[str] = Field(default_factory=list)
     api_key: str | None = None
     rate_limit_per_minute: int = 60
+    rate_limit_url: str | None = Field(
+        None,
+        description="redis://host:6379/0: one limit per client across every app server (unreachable: "
+        "each server falls back to its own buckets and says so in /api/health).",
+    )
     feedback_db: Path = Path("feedback.sqlite3")
+    feedback_url: str | None = Field(
+        None, description="postgresql://user@host/db: one feedback database for every app server."
+    )
+    feedback_retention_days: float | None = Field(
+        365, gt=0, description="Ratings older than this are deleted when the server starts (None: kept)."
+    )
     log_questions: bool = Field(False, description="Log question text. Off by default for privacy.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per log line (request id, route, status, duration)."
+    )
+    metrics: bool = Field(False, description="Serve Prometheus metrics at /metrics (API key when set).")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="On SIGTERM, in-flight answers and streams get this long to finish."
+    )
     chat_ui: bool = Field(True, description="Mount the Gradio chat at / (public: the API key guards /api).")
     app_title: str = Field("IVIG questions", description="Title of the chat, the widget and the embed page.")
     example_questions: list[str] = Field(
@@ -255,3 +274,12 @@ def _grouped(flat: dict[str, object]) -> dict[str, dict[str, object]]:
         group, _, field = key.rpartition("__")
         grouped.setdefault(group or group_of(field), {})[field] = value
     return grouped
+
+
+def redacted_url(url: str) -> str:
+    """A configured service URL (``feedback_url``, ``rate_limit_url``) without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

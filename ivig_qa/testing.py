@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks: real servers on localhost."""
+"""Helpers for tests and benchmarks: real servers on localhost (app, Chroma, PostgreSQL, Redis)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -250,3 +251,146 @@ class BackgroundServer:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+# --- PostgreSQL and Redis from Debian's packages (the scale-out tests) ------------------------------
+def postgres_bin() -> Path | None:
+    """The folder with ``initdb`` and ``pg_ctl``: the newest /usr/lib/postgresql/*/bin, else PATH."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb and shutil.which("pg_ctl") else None
+
+
+def postgres_missing() -> str | None:
+    """Why the tests cannot start PostgreSQL here (None when they can)."""
+    if postgres_bin() is None:
+        return "PostgreSQL is not installed (initdb/pg_ctl; `apt-get install postgresql`, run by `make test`)"
+    if os.geteuid() == 0 and not _user_exists("postgres"):
+        return "running as root without a 'postgres' user to run initdb as"
+    if os.geteuid() == 0 and not shutil.which("runuser"):
+        return "running as root without runuser to start PostgreSQL as 'postgres'"
+    return None
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (``initdb`` in a temp folder) on a free loopback port.
+
+    Trust authentication on 127.0.0.1 only, no other listener. ``stop()`` is a fast shutdown
+    (clients disconnected, like a database restart), ``start()`` brings it back on the same
+    port and data. As root it runs as the ``postgres`` user (initdb refuses root).
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.bin = postgres_bin()
+        if self.bin is None:
+            raise RuntimeError(postgres_missing() or "PostgreSQL is not installed")
+        self.port = port or free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="ivig-qa-pg-"))  # outside pytest's 0700 root-only tmp
+        self.data = self.root / "data"
+        self.log_file = self.root / "postgres.log"
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._pg(
+            ["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]
+        )
+
+    def _pg(self, cmd: list[str]) -> None:
+        assert self.bin is not None
+        full = [str(self.bin / cmd[0]), *cmd[1:]]
+        if os.geteuid() == 0:
+            full = ["runuser", "-u", "postgres", "--", *full]
+        subprocess.run(full, check=True, capture_output=True, cwd=self.root, timeout=120)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> Self:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg(["pg_ctl", "-D", str(self.data), "-l", str(self.log_file), "-o", options, "-w", "start"])
+        return self
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._pg(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def create_database(self, name: str) -> str:
+        """A new database; its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def redis_missing() -> str | None:
+    """Why the tests cannot start Redis here (None when they can)."""
+    if shutil.which("redis-server") is None:
+        return "Redis is not installed (redis-server; `apt-get install redis-server`, run by `make test`)"
+    return None
+
+
+class RedisServer:
+    """A ``redis-server`` on a free loopback port, nothing saved to disk; restartable on the same port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="ivig-qa-redis-"))
+        self.log_file = self.root / "redis.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 30.0) -> Self:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        cmd += ["--appendonly", "no", "--dir", str(self.root), "--protected-mode", "yes"]
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._answers, timeout, "redis-server", self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

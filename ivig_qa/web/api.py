@@ -5,7 +5,7 @@
 import hmac
 import logging
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any
 
 import anyio
@@ -16,7 +16,7 @@ from sse_starlette import EventSourceResponse, JSONServerSentEvent
 from starlette.routing import Match
 
 from ivig_qa.assistant import Assistant
-from ivig_qa.feedback import FeedbackIn
+from ivig_qa.feedback import FeedbackIn, FeedbackUnavailableError
 from ivig_qa.index import is_unavailable
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
@@ -73,6 +73,7 @@ def api_routes(settings: Settings) -> APIRouter:
         answer = await anyio.to_thread.run_sync(
             assistant.ask, body.question, body.turns(), limiter=state.slots
         )
+        state.answered(answer, assistant)
         log_answer(answer)
         return answer
 
@@ -97,8 +98,18 @@ def api_routes(settings: Settings) -> APIRouter:
         ``event: answer`` with the full ``Answer`` JSON (or ``event: error``)."""
         assistant = state.ready_assistant()
         log_question(state.settings, body.question)
-        events = stream_events(assistant, body.question, body.turns(), state.slots, request_id_of(request))
-        return EventSourceResponse(events, ping=15)
+        events = stream_events(
+            assistant,
+            body.question,
+            body.turns(),
+            state.slots,
+            request_id_of(request),
+            on_answer=lambda answer: state.answered(answer, assistant),
+        )
+        # On SIGTERM a stream in flight gets the grace period to finish (not cut at once).
+        return EventSourceResponse(
+            events, ping=15, shutdown_grace_period=state.settings.server.shutdown_grace_s
+        )
 
     @router.get("/sources/{doc_id}", response_model=SourceView, summary="A source's cleaned text")
     async def source(state: State, doc_id: str) -> SourceView:
@@ -114,7 +125,16 @@ def api_routes(settings: Settings) -> APIRouter:
     )
     async def feedback(state: State, body: FeedbackIn) -> FeedbackAck:
         """Thumbs up/down on an answer (by ``answer_id``), with an optional comment."""
-        record = await anyio.to_thread.run_sync(state.feedback.add, body)
+        try:
+            record = await anyio.to_thread.run_sync(state.feedback.add, body)
+        except FeedbackUnavailableError as exc:
+            log.warning("feedback not stored: %s", exc)
+            raise HTTPException(
+                503,
+                "Feedback cannot be saved right now; please try again shortly.",
+                headers={"Retry-After": str(NOT_READY_RETRY_S)},
+            ) from None
+        state.rated(record)
         return FeedbackAck(
             id=record.id,
             answer_id=record.answer_id,
@@ -168,7 +188,9 @@ def health_response(state: ServerState, down: str | None = None) -> JSONResponse
     if state.assistant is None or down:
         error = f"The index server is unreachable: {down}" if down else state.error
         status = "error" if error else "loading"
-        body = HealthResponse(status=status, ready=False, engine=engine, error=error)
+        body = HealthResponse(
+            status=status, ready=False, engine=engine, error=error, rate_limit=state.limiter.health()
+        )
         return JSONResponse(
             body.model_dump(), status_code=503, headers={"Retry-After": str(NOT_READY_RETRY_S)}
         )
@@ -182,6 +204,7 @@ def health_response(state: ServerState, down: str | None = None) -> JSONResponse
         index_version=m.version,
         problems=m.problems,
         warnings=m.warnings,
+        rate_limit=state.limiter.health(),
     )
     return JSONResponse(body.model_dump())
 
@@ -213,12 +236,15 @@ async def stream_events(
     history: list[Message],
     slots: anyio.CapacityLimiter | None,
     request_id: str,
+    on_answer: Callable[[Answer], None] | None = None,
 ) -> AsyncIterator[JSONServerSentEvent]:
     """Pull ``Assistant.stream`` in worker threads; text pieces as ``delta``, then ``answer``."""
     pieces: Iterator[str | Answer] = assistant.stream(question, history)
     try:
         while (item := await anyio.to_thread.run_sync(next, pieces, _DONE, limiter=slots)) is not _DONE:
             if isinstance(item, Answer):
+                if on_answer is not None:
+                    on_answer(item)
                 log_answer(item)
                 yield JSONServerSentEvent(item.to_dict(), event="answer")
             else:

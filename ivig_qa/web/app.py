@@ -12,9 +12,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from ivig_qa import __version__
 from ivig_qa.assistant import Assistant
 from ivig_qa.settings import Settings
-from ivig_qa.web.api import API_KEY_HEADER, api_fallback, api_routes, public_routes
+from ivig_qa.web.api import API_KEY_HEADER, api_fallback, api_routes, public_routes, require_api_key
 from ivig_qa.web.errors import install_error_handlers, internal_error
 from ivig_qa.web.lifecycle import ServerState, default_loader, lifespan
+from ivig_qa.web.metrics import MetricsMiddleware, metrics_routes
 from ivig_qa.web.middleware import (
     REQUEST_ID_HEADER,
     CrashGuardMiddleware,
@@ -66,6 +67,9 @@ def create_app(
     )
     app.add_middleware(CrashGuardMiddleware, respond=internal_error)
     app.add_middleware(RequestIdMiddleware)
+    if state.metrics is not None:
+        app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+        app.include_router(metrics_routes(require_api_key))
     app.include_router(public_routes())
     app.include_router(api_routes(settings))
     app.include_router(api_fallback())
@@ -74,7 +78,11 @@ def create_app(
         from ivig_qa.web.chat import build_chat_app, mount_chat  # Gradio loads only when the chat is on
 
         chat = build_chat_app(
-            lambda: state.assistant, settings, limiter=state.limiter, feedback=state.feedback
+            lambda: state.assistant,
+            settings,
+            limiter=state.limiter,
+            feedback=state.feedback,
+            on_answer=state.answered,
         )
         mount_chat(app, chat)
     return app
@@ -83,7 +91,9 @@ def create_app(
 def uvicorn_config(
     app: FastAPI, settings: Settings, *, host: str | None = None, port: int | None = None
 ) -> uvicorn.Config:
-    """Our logging (with request ids) instead of uvicorn's, and proxy headers as configured."""
+    """Our logging (with request ids) instead of uvicorn's, proxy headers as configured, and the
+    shutdown grace: on SIGTERM uvicorn stops accepting and waits ``shutdown_grace_s`` for
+    requests in flight (SSE streams included) before it cancels them."""
     extra: dict[str, Any] = {}
     if settings.server.forwarded_allow_ips:
         extra["forwarded_allow_ips"] = settings.server.forwarded_allow_ips
@@ -93,7 +103,7 @@ def uvicorn_config(
         port=settings.server.port if port is None else port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=settings.server.shutdown_grace_s,  # type: ignore[arg-type]
         **extra,
     )
 

@@ -108,6 +108,7 @@ class ChatHandlers:
     settings: Settings
     limiter: Limiter
     feedback: FeedbackStore
+    on_answer: Callable[[Answer], None] | None = None  # the server's hook (feedback facts, metrics)
 
     def respond(
         self, question: str, session: ChatSession, request: gr.Request
@@ -136,6 +137,8 @@ class ChatHandlers:
         for piece in assistant.stream(question, history):
             if isinstance(piece, Answer):
                 session.finish(question, piece)
+                if self.on_answer is not None:
+                    self.on_answer(piece)
                 log.info("chat answer %s status=%s", piece.answer_id, piece.status.value)
             else:
                 text += piece
@@ -191,6 +194,7 @@ def build_chat_app(
     *,
     limiter: Limiter,
     feedback: FeedbackStore,
+    on_answer: Callable[[Answer], None] | None = None,
 ) -> gr.Blocks:
     """The chat as a Gradio Blocks app, using the server's assistant, rate limiter and feedback store.
 
@@ -198,7 +202,11 @@ def build_chat_app(
     chat can be mounted before start-up finishes.
     """
     handlers = ChatHandlers(
-        get_assistant=get_assistant, settings=settings, limiter=limiter, feedback=feedback
+        get_assistant=get_assistant,
+        settings=settings,
+        limiter=limiter,
+        feedback=feedback,
+        on_answer=on_answer,
     )
     with gr.Blocks(title=settings.server.app_title, fill_height=True, analytics_enabled=False) as app:
         session = gr.State(ChatSession())

@@ -1,4 +1,9 @@
-"""The server's life: its shared state, opening the index at start-up, following new versions."""
+"""The server's life: its shared state, opening the index at start-up, following new versions, closing.
+
+On shutdown (SIGTERM) uvicorn stops accepting and gives in-flight answers and streams
+``shutdown_grace_s`` to finish; then the lifespan below stops its background tasks and
+closes the feedback store.
+"""
 
 import gc
 import math
@@ -12,13 +17,16 @@ import anyio
 from fastapi import Depends, FastAPI, HTTPException, Request
 
 from ivig_qa.assistant import Assistant
-from ivig_qa.feedback import FeedbackStore
+from ivig_qa.feedback import FeedbackRecord, FeedbackStore, open_store
 from ivig_qa.index import IndexUnavailableError, is_unavailable
 from ivig_qa.settings import Settings
+from ivig_qa.types import Answer
 from ivig_qa.web.errors import NOT_READY_RETRY_S
-from ivig_qa.web.limits import TokenBucketLimiter, answer_slots
-from ivig_qa.web.middleware import request_logger
+from ivig_qa.web.limits import Limiter, answer_slots
+from ivig_qa.web.metrics import MeteredLimiter, Metrics
+from ivig_qa.web.middleware import note_request, request_logger
 from ivig_qa.web.schemas import SourceView
+from ivig_qa.web.shared_limits import make_limiter
 
 log = request_logger(__name__)
 
@@ -31,8 +39,9 @@ class ServerState:
     """What the routes and the chat share; ``assistant`` stays ``None`` until the index is ready."""
 
     settings: Settings
-    limiter: TokenBucketLimiter
+    limiter: Limiter
     feedback: FeedbackStore
+    metrics: Metrics | None = None
     assistant: Assistant | None = None
     sources: dict[str, SourceView] = field(default_factory=dict)
     error: str | None = None
@@ -42,14 +51,26 @@ class ServerState:
 
     @classmethod
     def of(cls, settings: Settings) -> "ServerState":
-        """A fresh state: one rate limiter and one feedback store for the whole app."""
-        return cls(
-            settings=settings,
-            limiter=TokenBucketLimiter(settings.server.rate_limit_per_minute),
-            feedback=FeedbackStore(
-                settings.server.feedback_db, store_questions=settings.server.log_questions
-            ),
-        )
+        """A fresh state: one rate limiter, one feedback store and (when on) one metrics registry."""
+        limiter = make_limiter(settings)
+        state = cls(settings=settings, limiter=limiter, feedback=open_store(settings))
+        if settings.server.metrics:
+            state.metrics = Metrics(lambda: state.assistant)
+            state.limiter = MeteredLimiter(limiter, state.metrics)
+        return state
+
+    def answered(self, answer: Answer, assistant: Assistant | None = None) -> None:
+        """The hook every answer sent (API or chat) passes: facts kept for its rating, metrics, log."""
+        served = assistant or self.assistant
+        version = served.manifest.version if served is not None else None
+        self.feedback.issued.record(answer, version)
+        if self.metrics is not None:
+            self.metrics.answered(answer, version)
+        note_request(answer_status=answer.status.value, answer_id=answer.answer_id, engine=answer.engine)
+
+    def rated(self, record: FeedbackRecord) -> None:
+        if self.metrics is not None:
+            self.metrics.ratings.labels(record.rating).inc()
 
     def ready_assistant(self) -> Assistant:
         if self.assistant is None:
@@ -84,13 +105,33 @@ def lifespan(
         state.slots = answer_slots(state.settings)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(open_assistant, state, loader)
+            tasks.start_soon(purge_feedback, state)
             if state.settings.index.chroma_url:
                 tasks.start_soon(follow_index, state)
             yield
+            log.info("shutting down: stopping background tasks")
             tasks.cancel_scope.cancel()
-        state.feedback.close()
+        await anyio.to_thread.run_sync(state.feedback.close)
+        log.info("feedback store closed (%s)", state.feedback.location)
+        close = getattr(state.limiter, "close", None)
+        if callable(close):
+            close()
 
     return run
+
+
+async def purge_feedback(state: ServerState) -> None:
+    """On start: delete ratings older than ``feedback_retention_days`` (a failure is only logged)."""
+    days = state.settings.server.feedback_retention_days
+    if days is None:
+        return
+    try:
+        removed = await anyio.to_thread.run_sync(state.feedback.purge, days, abandon_on_cancel=True)
+    except Exception as exc:  # a database that is down now: the next start purges
+        log.warning("could not purge old feedback: %s", exc)
+        return
+    if removed:
+        log.info("purged %d rating(s) older than %g days", removed, days)
 
 
 def progress_logger(step_percent: int = 10) -> Callable[[int, int, str], None]:

@@ -3,11 +3,24 @@
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 from fastapi import Request
 
 from ivig_qa.settings import Settings
+
+
+class Limiter(Protocol):
+    """What the API and the chat ask of a rate limiter."""
+
+    def take(self, client: str) -> float:
+        """0.0 when ``client`` may go ahead, else the seconds until it may."""
+        ...
+
+    def health(self) -> dict[str, object]:
+        """What ``/api/health`` says about the limits: ``backend``, ``shared``, ``error``."""
+        ...
 
 
 class TokenBucketLimiter:
@@ -40,6 +53,9 @@ class TokenBucketLimiter:
                 return 0.0
             self._buckets[client] = (tokens, now)
             return (1 - tokens) / self.refill_per_s
+
+    def health(self) -> dict[str, object]:
+        return {"backend": "local", "shared": False, "error": None}
 
     def _prune(self, now: float) -> None:
         """Forget clients whose bucket has refilled, so memory stays bounded."""

@@ -28,6 +28,14 @@ class ErrorResponse(BaseModel):
     details: list[FieldError] = Field(default_factory=list)
 
 
+class RateLimitHealth(BaseModel):
+    """Where the rate limits live: ``shared`` is false while a configured Redis is unreachable."""
+
+    backend: Literal["local", "redis"]
+    shared: bool
+    error: str | None = None
+
+
 class HealthResponse(BaseModel):
     status: Literal["ready", "loading", "error"]
     ready: bool
@@ -44,6 +52,7 @@ class HealthResponse(BaseModel):
         default_factory=list,
         description="What the build noticed but could use (unlisted files, pages without text).",
     )
+    rate_limit: RateLimitHealth | None = None
 
 
 class ClientConfig(BaseModel):
