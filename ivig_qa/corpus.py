@@ -3,6 +3,11 @@
 Page furniture (share buttons, subscribe boxes, comment sections) is removed by locating
 the *content blocks* of the original text rather than by rewriting it, so every offset a
 citation carries points into the file exactly as it is on disk.
+
+Every line is one of: furniture (dropped), a heading (the section of the blocks after it), a
+label (a title-like line standing alone, such as a reference line, a byline or the title of a
+linked article, or a line naming the document's own source: context, never content) or content.
+Only content becomes ``Block``s, so headings and labels are never quoted as statements.
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ log = logging.getLogger(__name__)
 SUPPORTED_SUFFIXES = (".txt", ".md", ".html", ".htm")
 SOURCES_FILE = "sources.toml"
 MAX_HEADING_CHARS = 120
-_TERMINAL = (".", "!", "?", '."', ".”", "!”", "?”", ".)", ")")
+MAX_LABEL_CHARS = 200
+# A line ending like this is a sentence; "Chronic Fatigue Syndrome (ME/CFS)" is not.
+_TERMINAL = (".", "!", "?", '."', ".”", "!”", "?”", ".)")
+# Share of capitalised words above which a standalone line reads as a title, not prose.
+TITLE_CASE_SHARE = 0.6
+_TITLE_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 
 
 class CorpusError(Exception):
@@ -74,31 +84,80 @@ def _strip_markup_heading(line: str) -> str:
     return line.lstrip("#").strip().rstrip(":").strip()
 
 
-def find_blocks(text: str, spans: list[Span] | None = None) -> list[Block]:
-    """Split text into content blocks, dropping furniture and attaching section headings.
+def reads_as_title(line: str) -> bool:
+    """Most words capitalised: a title, reference line or byline ("J Clin Immunol. 2010 May…").
 
-    ``spans`` limits the search to given regions (used for HTML, where only the text
-    between tags is content).
+    Prose capitalises its first word and names; a title or a reference capitalises nearly all.
+    """
+    words = _TITLE_WORD.findall(line)
+    return len(words) >= 3 and sum(w[0].isupper() for w in words) / len(words) >= TITLE_CASE_SHARE
+
+
+def _source_names(metadata: dict | None) -> list[str]:
+    """The name the metadata gives the document's publisher, without its aside ("The Lupus
+    Encyclopedia (Donald Thomas, MD), draft…" → "The Lupus Encyclopedia"); two words at least."""
+    publisher = str((metadata or {}).get("publisher") or "")
+    name = re.split(r"\s*[(,]", publisher, maxsplit=1)[0].strip()
+    return [name] if len(name.split()) >= 2 else []
+
+
+def classify_lines(
+    text: str, spans: list[Span] | None = None, metadata: dict | None = None
+) -> Iterator[tuple[Span, str]]:
+    """Each line's kind, in order: ``heading``, ``label`` or ``content`` (furniture is skipped,
+    and a trailer ends the document).
+
+    A label is a standalone line that reads as a title, or a short standalone paragraph that
+    names the document's own source (from ``metadata``, e.g. "The above is an excerpt from
+    “The Lupus Encyclopedia”…"): it is about the document, not its subject.
     """
     line_pats, trailer_pats = _furniture_patterns()
     regions = spans if spans is not None else [Span(0, len(text))]
     lines = [ln for r in regions for ln in _lines(text, r.start, r.end)]
-    blocks: list[Block] = []
-    heading = ""
+    names = _source_names(metadata)
     for i, span in enumerate(lines):
         line = text[span.start : span.end]
         bare = line.strip()
         if any(p.search(bare) for p in trailer_pats):
-            break
+            return
         if any(p.search(bare) for p in line_pats):
             continue
         prev_blank = i == 0 or "\n\n" in text[lines[i - 1].end : span.start] or spans is not None
         next_blank = i + 1 == len(lines) or "\n\n" in text[span.end : lines[i + 1].start] or spans is not None
         if bare.startswith("#") or _is_heading(bare, next_blank, prev_blank):
-            heading = _strip_markup_heading(bare)
-            continue
-        blocks.append(Block(span=span, heading=heading))
+            yield span, "heading"
+        elif (
+            prev_blank
+            and next_blank
+            and len(bare) <= MAX_LABEL_CHARS
+            and (reads_as_title(bare) or any(name in bare for name in names))
+        ):
+            yield span, "label"
+        else:
+            yield span, "content"
+
+
+def find_blocks(text: str, spans: list[Span] | None = None, metadata: dict | None = None) -> list[Block]:
+    """Split text into content blocks, dropping furniture and labels and attaching section headings.
+
+    ``spans`` limits the search to given regions (used for HTML, where only the text
+    between tags is content); ``metadata`` names the document's source (see ``classify_lines``).
+    """
+    blocks: list[Block] = []
+    heading = ""
+    for span, kind in classify_lines(text, spans, metadata):
+        if kind == "heading":
+            heading = _strip_markup_heading(text[span.start : span.end].strip())
+        elif kind == "content":
+            blocks.append(Block(span=span, heading=heading))
     return blocks
+
+
+def context_spans(doc: SourceDocument) -> list[Span]:
+    """Where a document's headings and labels are: context for its quotes, never a quote."""
+    is_html = Path(doc.path).suffix.lower() in (".html", ".htm")
+    spans = html_text_spans(doc.text) if is_html else None
+    return [span for span, kind in classify_lines(doc.text, spans, doc.metadata) if kind != "content"]
 
 
 _HTML_SKIP = re.compile(r"<(script|style|noscript|template|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
@@ -152,10 +211,10 @@ def load_document(path: Path, metadata: dict | None) -> SourceDocument:
     except UnicodeDecodeError as exc:
         raise CorpusError(f"{path.name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     is_html = path.suffix.lower() in (".html", ".htm")
-    blocks = find_blocks(text, html_text_spans(text) if is_html else None)
+    meta = dict(metadata or {})
+    blocks = find_blocks(text, html_text_spans(text) if is_html else None, meta)
     if not blocks:
         raise CorpusError(f"{path.name}: empty (no readable content)")
-    meta = dict(metadata or {})
     title = meta.get("title") or (_html_title(text) if is_html else None) or _title_from_stem(path.stem)
     meta.setdefault("title", title)
     return SourceDocument(

@@ -167,7 +167,7 @@ def chunk_metadata(chunk: Chunk, doc: SourceDocument) -> dict[str, Any]:
         "text": chunk.text,
         "sentences": json.dumps([[s.start, s.end] for s in chunk.sentences]),
     }
-    for key in ("publisher", "url"):
+    for key in ("publisher", "url", "kind"):
         if doc.metadata.get(key):
             meta[key] = str(doc.metadata[key])
     return meta

@@ -129,6 +129,8 @@ class Citation(BaseModel):
     start: int = Field(description="Offset of the quote in the original source file.")
     end: int
     score: float
+    publisher: str | None = Field(None, description="Who published the source (corpus/sources.toml).")
+    kind: str | None = Field(None, description="What kind of source it is, e.g. 'review abstract'.")
 
 
 class Answer(BaseModel):

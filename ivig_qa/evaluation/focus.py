@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from ivig_qa.chunking import split_sentences
 from ivig_qa.evaluation.dataset import EvalItem, Evidence, TextRange
 from ivig_qa.text import markers
-from ivig_qa.types import Answer, Citation
+from ivig_qa.types import Citation
 
 _MARKER = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
 _WORD = re.compile(r"\w")
@@ -87,24 +87,25 @@ def is_labelled(span: TextRange, labels: Sequence[TextRange]) -> bool:
 
 def score_focus(
     loaded: EvalItem,
-    answer: Answer,
+    text: str,
+    citations: Sequence[Citation],
     documents: Mapping[str, str],
     contexts: Mapping[str, Sequence[TextRange]],
 ) -> FocusRecord:
-    """Quote precision, lead, length and context quotes of one answer."""
+    """Quote precision, lead, length and context quotes of one answer (its text and citations)."""
     relevant = _spans(loaded.relevant)
     labelled = relevant + _spans(loaded.supporting)
-    sentences = [s for c in answer.citations for s in quoted_sentences(c, documents.get(c.doc_id))]
+    sentences = [s for c in citations for s in quoted_sentences(c, documents.get(c.doc_id))]
     on_topic = sum(is_labelled(s, labelled) for s in sentences)
-    by_n = {c.n: c for c in answer.citations}
-    order = [n for n in markers(answer.answer) if n in by_n]
+    by_n = {c.n: c for c in citations}
+    order = [n for n in markers(text) if n in by_n]
     lead: bool | None = None
     if relevant:
         first = by_n[order[0]] if order else None
         lead = first is not None and is_labelled(TextRange(first.doc_id, first.start, first.end), relevant)
     context = [
         c.n
-        for c in answer.citations
+        for c in citations
         if any(TextRange(c.doc_id, c.start, c.end).overlap(r) > 0 for r in contexts.get(c.doc_id, ()))
     ]
     return FocusRecord(
@@ -112,7 +113,7 @@ def score_focus(
         labelled_sentences=on_topic,
         quote_precision=on_topic / len(sentences) if labelled and sentences else None,
         lead_relevant=lead,
-        answer_words=answer_words(answer.answer),
+        answer_words=answer_words(text),
         context_quoted=context,
     )
 

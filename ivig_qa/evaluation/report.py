@@ -185,19 +185,30 @@ def summary_tables(report: EvalReport) -> list[Table]:
     return [scores, focus, checks]
 
 
+FOCUS_SHORT = {
+    "quote_precision": "prec",
+    "lead_accuracy": "lead",
+    "answer_words_median": "w50",
+    "answer_words_p90": "w90",
+    "cited_recall": "cited",
+    "key_fact_coverage": "facts",
+    "context_quoted": "head",
+}
+
+
 def _focus_table(report: EvalReport) -> Table:
     """Per-category focus beside cited recall and key facts."""
     table = Table(
         title="Focus",
-        caption="prec. = labelled share of quoted sentences, lead = first quote relevant, words = answer "
-        "text as shown",
+        caption="prec = labelled share of quoted sentences, lead = first quote relevant, w50/w90 = answer "
+        "words p50/p90, head = headings or bylines quoted",
         box=box.SIMPLE_HEAD,
         padding=(0, 0, 0, 1),
         pad_edge=False,
     )
     table.add_column("category", style="bold", no_wrap=True)
-    for _, label in FOCUS_COLUMNS:
-        table.add_column(label.replace("headings quoted", "head."), justify="right", no_wrap=True)
+    for key, _ in FOCUS_COLUMNS:
+        table.add_column(FOCUS_SHORT[key], justify="right", no_wrap=True)
     for name, x in _rows(report):
         if name != "overall" and x.quote_precision is None:
             continue

@@ -344,7 +344,7 @@ class Evaluator:
             first_token_ms=answer.timings_ms.get("llm_first_token"),
             failures=[],
         )
-        record.focus = score_focus(loaded, answer, self.documents, self.contexts)
+        record.focus = score_focus(loaded, answer.answer, answer.citations, self.documents, self.contexts)
         record.failures = failure_reasons(record, item, self.k_final) + focus_failures(record)
         return record
 
