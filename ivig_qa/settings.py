@@ -96,7 +96,7 @@ class AnswerSettings(_Group):
     # never on eval/holdout.jsonl.
     max_answer_sentences: int = Field(6, ge=1, description="Most quotes in one answer (the lead included).")
     quote_margin: float = Field(
-        2.0, ge=0, description="Quoted when its log-odds are at most this far below the lead's…"
+        3.0, ge=0, description="Quoted when its log-odds are at most this far below the lead's…"
     )
     min_quote_probability: float = Field(
         0.3, ge=0, le=1, description="…or its probability of answering is at least this."

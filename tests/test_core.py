@@ -172,7 +172,9 @@ def test_answer_json_matches_the_contract(assistant: Assistant) -> None:
         "timings_ms",
     } <= set(data)
     citation = data["citations"][0]
-    assert set(citation) == {"n", "doc_id", "title", "chunk_id", "text", "quote", "start", "end", "score"}
+    assert set(citation) == {
+        "n", "doc_id", "title", "chunk_id", "text", "quote", "start", "end", "score", "publisher", "kind"
+    }  # fmt: skip
     assert data["engine"] == "extractive"
     assert {"retrieve", "total"} <= set(data["timings_ms"])
 
