@@ -133,10 +133,11 @@ class ExtractiveEngine:
     def select(self, ranked: list[Candidate], limit: int | None = None) -> list[Candidate]:
         """The lead, then the quotes whose log-odds are within a margin of it, best first.
 
-        The lead is the most likely answer. Another sentence is quoted when it is likely enough
-        on its own (``min_quote_probability``) or close to the lead (within ``quote_margin`` in
-        log-odds, for questions where nothing is very likely); at most ``max_answer_sentences`` in
-        all, no near-duplicates, and no quota per document.
+        The lead is the most likely answer; the best sentence of another source joins it when it
+        is within ``second_lead_margin`` (two sources answering). Another sentence is quoted when
+        it is likely enough on its own (``min_quote_probability``) or close to the lead (within
+        ``quote_margin`` in log-odds, for questions where nothing is very likely); at most
+        ``max_answer_sentences`` in all, no near-duplicates, and no quota per document.
         """
         if not ranked:
             return []
@@ -144,15 +145,19 @@ class ExtractiveEngine:
         limit = min(limit or a.max_answer_sentences, a.max_answer_sentences)
         best = ranked[0]
         chosen = [best]
+        # A second source that answers too: its best sentence, when within second_lead_margin.
+        other = next((c for c in ranked if c.sentence.doc_id != best.sentence.doc_id), None)
+        if other is not None and limit > 1 and best.logit - other.logit <= a.second_lead_margin:
+            chosen.append(other)
         for cand in ranked[1:]:
             if len(chosen) >= limit:
                 break
             if best.logit - cand.logit > a.quote_margin and cand.score < a.min_quote_probability:
                 break
-            if any(self._overlaps(cand, c) for c in chosen):
+            if cand in chosen or any(self._overlaps(cand, c) for c in chosen):
                 continue
             chosen.append(cand)
-        return chosen
+        return sorted(chosen, key=lambda c: -c.logit)
 
     def _overlaps(self, cand: Candidate, other: Candidate) -> bool:
         """Same text (overlapping quotes) or nearly the same words."""

@@ -161,7 +161,7 @@ SELECTION_GRID = {
     "max_answer_sentences": (3, 4, 5, 6),
     "quote_margin": (0.5, 1.0, 2.0, 3.0),
     "min_quote_probability": (0.1, 0.2, 0.3, 0.5),
-    "second_lead_margin": (0.0, 1.0),
+    "second_lead_margin": (0.0, 1.0, 2.0, 3.0, 4.0),
 }
 
 
