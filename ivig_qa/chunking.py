@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from ivig_qa import formats
 from ivig_qa.types import Block, Chunk, Sentence, SourceDocument
 
-CHUNKER_VERSION = "2"
+# 3: headings, titles, bylines and reference lines are context, never quotable sentences.
+CHUNKER_VERSION = "3"
 
 # Words that end with a period but do not end a sentence (compared lower-case, no dot).
 ABBREVIATIONS = frozenset(

@@ -5,6 +5,10 @@ are on disk, .html/.htm, .pdf, .docx as the text their reader extracts); ``sourc
 adds each document's title, publisher, url and kind. Nothing is skipped silently: a file
 that cannot be used (unsupported, damaged, encrypted, a scan without text, empty) is a
 *problem* named in the report, and the rest of the corpus loads anyway.
+
+A block that is a *label* — a title-like paragraph standing alone (a reference line, a byline,
+the title of a linked article) or one naming the document's own source — is context, not
+content: it is left out of the blocks, so headings and labels are never quoted as statements.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ivig_qa import formats
-from ivig_qa.types import SourceDocument
+from ivig_qa.types import Block, SourceDocument, Span
 
 log = logging.getLogger(__name__)
 
 SOURCES_FILE = "sources.toml"
+MAX_LABEL_CHARS = 200
+# Share of capitalised words above which a standalone line reads as a title, not prose.
+TITLE_CASE_SHARE = 0.6
+_TITLE_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 
 
 class CorpusError(Exception):
@@ -95,6 +103,52 @@ def _title_from_stem(stem: str) -> str:
     return re.sub(r"[-_]+", " ", stem).strip().capitalize()
 
 
+def reads_as_title(line: str) -> bool:
+    """Most words capitalised: a title, reference line or byline ("J Clin Immunol. 2010 May…").
+
+    Prose capitalises its first word and names; a title or a reference capitalises nearly all.
+    """
+    words = _TITLE_WORD.findall(line)
+    return len(words) >= 3 and sum(w[0].isupper() for w in words) / len(words) >= TITLE_CASE_SHARE
+
+
+def _source_names(metadata: dict | None) -> list[str]:
+    """The name the metadata gives the document's publisher, without its aside ("The Lupus
+    Encyclopedia (Donald Thomas, MD), draft…" → "The Lupus Encyclopedia"); two words at least."""
+    publisher = str((metadata or {}).get("publisher") or "")
+    name = re.split(r"\s*[(,]", publisher, maxsplit=1)[0].strip()
+    return [name] if len(name.split()) >= 2 else []
+
+
+def _stands_alone(text: str, span: Span) -> bool:
+    before, after = text[: span.start], text[span.end :]
+    return (not before.strip() or before.rstrip(" \t").endswith("\n\n")) and (
+        not after.strip() or after.lstrip(" \t").startswith("\n\n")
+    )
+
+
+def is_label(text: str, block: Block, metadata: dict | None) -> bool:
+    """A short standalone paragraph that reads as a title or names the document's own source."""
+    bare = text[block.span.start : block.span.end].strip()
+    if len(bare) > MAX_LABEL_CHARS or not _stands_alone(text, block.span):
+        return False
+    return reads_as_title(bare) or any(name in bare for name in _source_names(metadata))
+
+
+def context_spans(doc: SourceDocument) -> list[Span]:
+    """Where a document's non-content text is (headings, labels, furniture): never a quote."""
+    spans: list[Span] = []
+    pos = 0
+    for block in [*doc.blocks, None]:
+        end = block.span.start if block else len(doc.text)
+        gap = doc.text[pos:end]
+        if gap.strip():
+            left = len(gap) - len(gap.lstrip())
+            spans.append(Span(pos + left, pos + len(gap.rstrip())))
+        pos = block.span.end if block else pos
+    return spans
+
+
 def load_document(path: Path, metadata: dict | None, warnings: list[str] | None = None) -> SourceDocument:
     """Read one file; raise ``CorpusError`` naming the file when it cannot be used.
 
@@ -120,6 +174,9 @@ def load_document(path: Path, metadata: dict | None, warnings: list[str] | None 
     if warnings is not None:
         warnings.extend(f"{path.name}: {w}" for w in extracted.warnings)
     meta = dict(metadata or {})
+    blocks = [b for b in extracted.blocks if not is_label(extracted.text, b, meta)]
+    if not blocks:
+        raise CorpusError(f"{path.name}: empty (no readable content)")
     title = meta.get("title") or extracted.title or _title_from_stem(path.stem)
     meta.setdefault("title", title)
     return SourceDocument(
@@ -128,7 +185,7 @@ def load_document(path: Path, metadata: dict | None, warnings: list[str] | None 
         text=extracted.text,
         title=title,
         metadata=meta,
-        blocks=extracted.blocks,
+        blocks=blocks,
         content_hash=hashlib.sha256(data).hexdigest(),
         pages=extracted.pages,
         media_type=fmt.media_type,

@@ -13,7 +13,7 @@ import difflib
 import re
 import tomllib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -24,6 +24,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 from rank_bm25 import BM25Okapi
+from spellchecker import SpellChecker
 
 from ivig_qa import data
 from ivig_qa.index import IndexStore, Manifest
@@ -48,6 +49,16 @@ def lay_words() -> frozenset[str]:
 
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9']*")
+
+
+@cache
+def _english() -> SpellChecker:
+    return SpellChecker(distance=1)
+
+
+def is_english(word: str) -> bool:
+    """A common English word (as often as the scope check counts as common): never a typo."""
+    return _english().word_frequency[word] >= data.load("triage.toml")["scope"]["common_word_min_count"]
 
 
 class Vocabulary:
@@ -81,7 +92,12 @@ class Vocabulary:
         return any(word[:n] in self.words for n in range(min_len, len(word)))
 
     def normalise(self, question: str) -> str:
-        """Rewrite chat shorthand and fix misspellings of the sources' own words."""
+        """Rewrite chat shorthand and fix misspellings of the sources' own words.
+
+        A common English word is never a misspelling ("heard" stays, not "heart"; "cheaper" is
+        not "chapter"); a misspelling whose English correction is a sources' word, or one with
+        a short ending ("severly" → "severely", after "severe"), takes that correction.
+        """
         rewrites = _chat_rewrites()
 
         def fix(m: re.Match[str]) -> str:
@@ -89,8 +105,11 @@ class Vocabulary:
             low = word.lower()
             if low in rewrites:
                 return rewrites[low]
-            if low in self or low in STOPWORDS or low in lay_words():
+            if low in self or low in STOPWORDS or low in lay_words() or is_english(low):
                 return word
+            english = _english().correction(low) if len(low) >= 5 else None
+            if english and english != low and (english in self or english[:-2] in self.words):
+                return english
             return self.closest(low) or word
 
         return _WORD.sub(fix, question)
@@ -133,6 +152,15 @@ class Retrieval:
     best_similarity: float
 
 
+def _source_metadata(records: Sequence[Mapping[str, object]]) -> dict[str, dict[str, str]]:
+    """Each document's publisher and kind (``corpus/sources.toml``), as the index stored them."""
+    out: dict[str, dict[str, str]] = {}
+    for meta in records:
+        fields = {k: str(meta[k]) for k in ("publisher", "kind") if meta.get(k)}
+        out.setdefault(str(meta["doc_id"]), {}).update(fields)
+    return out
+
+
 def rrf(rankings: list[list[str]], k: int, weights: Sequence[float] | None = None) -> dict[str, float]:
     """Weighted reciprocal rank fusion (Cormack et al., 2009): robust to incomparable scores."""
     fused: dict[str, float] = defaultdict(float)
@@ -155,10 +183,12 @@ class HybridRetriever(BaseRetriever):
     bm25_ids: list[str]
     expander: QueryExpander
     vocabulary: Vocabulary
+    sources: dict[str, dict[str, str]]
 
     @classmethod
     def open(cls, store: IndexStore, manifest: Manifest) -> HybridRetriever:
         chunks = store.load_chunks(manifest.version)
+        records = store.vectorstore("chunks", manifest.version).get(include=["metadatas"])
         ids = [c.chunk_id for c in chunks]
         corpus_tokens = [tokenize(c.context_text()) for c in chunks]
         return cls(
@@ -170,6 +200,7 @@ class HybridRetriever(BaseRetriever):
             bm25_ids=ids,
             expander=QueryExpander(store.settings.retrieval.lay_terms_file),
             vocabulary=Vocabulary([c.context_text() for c in chunks]),
+            sources=_source_metadata(records.get("metadatas") or []),
         )
 
     # -- the three rankings --------------------------------------------------------------

@@ -90,18 +90,21 @@ class AnswerSettings(_Group):
 
     engine: Literal["extractive", "llm"] = "extractive"
 
-    sentence_lexical_weight: float = Field(0.5, description="Weight of IDF-weighted word overlap.")
-    sentence_rank_weight: float = Field(0.2, description="Weight of the passage's retrieval rank.")
-    answer_type_weight: float = Field(0.3, description="Boost for sentences stating the kind of fact asked.")
-    # Chosen on eval/questions.jsonl and eval/holdout.jsonl: 9 quotes with no tighter cap per
-    # document cited 0.913 / 0.975 of the gold evidence, against 0.862 / 0.825 for 8 and 5 (the
-    # first pass of the selection already gives every relevant document its best sentence).
-    max_answer_sentences: int = 9
-    max_sentences_per_doc: int = Field(
-        9, ge=1, description="Quotes from one document; no cap unless below max_answer_sentences."
+    # How many quotes follow the ranker's scores (engines/ranking.py, data/ranker.toml): the lead,
+    # then the next best that are likely enough or close to the lead. Chosen by
+    # `python -m ivig_qa.evaluation.fit_ranker --tune` on out-of-fold scores of eval/questions.jsonl
+    # (its objective: precision + lead + 2 × (cited recall + key facts), median ≤ 110 words);
+    # never on eval/holdout.jsonl.
+    max_answer_sentences: int = Field(6, ge=1, description="Most quotes in one answer (the lead included).")
+    quote_margin: float = Field(
+        3.0, ge=0, description="Quoted when its log-odds are at most this far below the lead's…"
     )
-    min_sentence_score: float = 0.30
-    relative_sentence_score: float = 0.5
+    min_quote_probability: float = Field(
+        0.3, ge=0, le=1, description="…or its probability of answering is at least this."
+    )
+    second_lead_margin: float = Field(
+        0.0, ge=0, description="Another source's best quote within this (log-odds) joins the lead."
+    )
     duplicate_overlap: float = 0.6
 
 

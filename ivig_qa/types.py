@@ -148,6 +148,8 @@ class Citation(BaseModel):
     end: int
     score: float
     page: int | None = Field(None, description="The PDF page the quote starts on (null without pages).")
+    publisher: str | None = Field(None, description="Who published the source (corpus/sources.toml).")
+    kind: str | None = Field(None, description="What kind of source it is, e.g. 'review abstract'.")
 
 
 class Answer(BaseModel):

@@ -173,7 +173,7 @@ def test_answer_json_matches_the_contract(assistant: Assistant) -> None:
     } <= set(data)
     citation = data["citations"][0]
     fields = {"n", "doc_id", "title", "chunk_id", "text", "quote", "start", "end", "score", "page"}
-    assert set(citation) == fields
+    assert set(citation) == fields | {"publisher", "kind"}
     assert citation["page"] is None  # a .txt source has no pages
     assert data["engine"] == "extractive"
     assert {"retrieve", "total"} <= set(data["timings_ms"])

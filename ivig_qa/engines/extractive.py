@@ -1,59 +1,36 @@
 """The default answer engine: quotes source sentences verbatim, each with its ``[n]``.
 
-Every statement is faithful by construction; quotes are grouped by source so a patient can
-see which source says what.
+Every statement is faithful by construction. Sentences are ranked by how likely they answer
+the question (``engines.ranking``); the answer opens with the best one (two when another
+source answers too), then adds the few next-best quotes whose scores are close enough,
+grouped by source, so a patient reads the answer first and sees which source says what.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import cache
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ivig_qa import data
 from ivig_qa.engines.base import Composition
+from ivig_qa.engines.ranking import LEANS_BACK, Ranker, default_ranker, sentence_features
 from ivig_qa.retrieval import MIN_CONTENT_TERMS, HybridRetriever, Retrieval, tokenize
 from ivig_qa.settings import Settings
 from ivig_qa.types import Citation, ScoredPassage, Sentence
 
-# A sentence opening with one of these leans on the one before it; quote both.
-_ANAPHORIC = re.compile(
-    r"^(it|this|that|these|those|they|he|she|his|her|their|such|however|but|also|then|"
-    r"may|furthermore|nevertheless|both|some)\b",
-    re.IGNORECASE,
-)
-
-
-@dataclass(frozen=True)
-class AnswerType:
-    """A kind of fact a question asks for, and how a sentence that states it looks."""
-
-    name: str
-    question: re.Pattern[str]
-    sentence: re.Pattern[str]
-
-
-@cache
-def answer_types() -> tuple[AnswerType, ...]:
-    raw = data.load("answer_types.toml")
-    return tuple(
-        AnswerType(
-            t["name"], re.compile(t["question"], re.IGNORECASE), re.compile(t["sentence"], re.IGNORECASE)
-        )
-        for t in raw["type"]
-    )
-
-
-def asked_types(question: str) -> list[AnswerType]:
-    return [t for t in answer_types() if t.question.search(question)]
+# A short label opening a line ("Results: Evidence from…"): context, left out of the quote.
+_LEADING_LABEL = re.compile(r"^[A-Z][A-Za-z]*(?: [A-Za-z]+){0,2}: (?=[A-Z0-9\"“(])")
 
 
 @dataclass
 class Candidate:
-    """A quotable span: a sentence, widened to its neighbours when one leans on the other."""
+    """A quotable span: a sentence (with the one before it when it leans on it), and its scores.
+
+    ``score`` is the probability that the sentence answers the question; ``logit`` its log-odds;
+    ``similarity`` its dense similarity to the question.
+    """
 
     sentence: Sentence
     quote_start: int
@@ -62,6 +39,8 @@ class Candidate:
     score: float
     terms: frozenset[str]
     similarity: float
+    logit: float = 0.0
+    source: Mapping[str, str] = field(default_factory=dict)
 
 
 def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
@@ -74,56 +53,65 @@ class ExtractiveEngine:
     name = "extractive"
     generates = False
 
-    def __init__(self, retriever: HybridRetriever, settings: Settings) -> None:
+    def __init__(self, retriever: HybridRetriever, settings: Settings, ranker: Ranker | None = None) -> None:
         self.retriever = retriever
         self.settings = settings
+        self.ranker = ranker or default_ranker()
 
     # -- scoring ------------------------------------------------------------------------
-    def candidates(self, question: str, retrieval: Retrieval) -> list[Candidate]:
-        """Every sentence of the retrieved passages, scored against the question."""
-        owner: dict[str, tuple[Sentence, ScoredPassage]] = {}
+    def quotable(self, retrieval: Retrieval) -> list[tuple[Sentence, ScoredPassage, float]]:
+        """Each quotable sentence of the retrieved passages once, with its passage and dense similarity."""
+        seen: set[str] = set()
+        out: list[tuple[Sentence, ScoredPassage, float]] = []
+        vectors = retrieval.sentence_vectors
         for passage in retrieval.passages:
             for sentence in passage.chunk.sentences:
-                owner.setdefault(sentence.sentence_id, (sentence, passage))
-        vectors = retrieval.sentence_vectors
+                sid = sentence.sentence_id
+                if sid in seen or sid not in vectors or len(set(tokenize(sentence.text))) < MIN_CONTENT_TERMS:
+                    continue
+                seen.add(sid)
+                out.append((sentence, passage, float(np.dot(vectors[sid], retrieval.query_vector))))
+        return out
+
+    def features(
+        self, retrieval: Retrieval
+    ) -> tuple[list[tuple[Sentence, ScoredPassage, float]], np.ndarray]:
+        """The quotable sentences and their feature rows (``ranking.FEATURES``)."""
+        items = self.quotable(retrieval)
         idf = self.retriever.bm25.idf
-        wanted_types = asked_types(retrieval.query)
-        asked = set(tokenize(retrieval.query))
-        expansion = set(tokenize(retrieval.expanded_query)) - asked
+        return items, sentence_features(retrieval.query, retrieval.expanded_query, items, idf)
 
-        def coverage(terms: frozenset[str], wanted: set[str]) -> float:
-            """IDF-weighted share of ``wanted`` found in ``terms``."""
-            total = sum(max(idf.get(t, 0.0), 0.0) for t in wanted)
-            return sum(max(idf.get(t, 0.0), 0.0) for t in wanted & terms) / total if total else 0.0
+    def candidates(self, question: str, retrieval: Retrieval) -> list[Candidate]:
+        """Every quotable sentence of the retrieved passages, most likely answer first."""
+        items, x = self.features(retrieval)
+        return self.rank(items, self.ranker.logits(x)) if items else []
 
-        out: list[Candidate] = []
-        for sid, (sentence, passage) in owner.items():
-            terms = frozenset(tokenize(sentence.text))
-            if len(terms) < MIN_CONTENT_TERMS or sid not in vectors:
-                continue
-            dense = float(np.dot(vectors[sid], retrieval.query_vector))
-            # The user's own words count fully; the lay-term expansions are a hint.
-            lexical = coverage(terms, asked) + 0.5 * coverage(terms, expansion)
-            typed = any(t.sentence.search(sentence.text) for t in wanted_types)
-            prior = 1.0 / (1.0 + passage.rank)
-            score = (
-                dense
-                + self.settings.answer.sentence_lexical_weight * lexical
-                + self.settings.answer.sentence_rank_weight * prior
-                + self.settings.answer.answer_type_weight * typed
+    def rank(self, items: list[tuple[Sentence, ScoredPassage, float]], logits: np.ndarray) -> list[Candidate]:
+        """Candidates for scored sentences, most likely answer first."""
+        out = [
+            Candidate(
+                sentence,
+                *self._quote_span(sentence, passage),
+                passage,
+                float(1.0 / (1.0 + np.exp(-logit))),
+                frozenset(tokenize(sentence.text)),
+                dense,
+                float(logit),
+                self.retriever.sources.get(sentence.doc_id, {}),
             )
-            out.append(
-                Candidate(sentence, *self._quote_span(sentence, passage), passage, score, terms, dense)
-            )
-        return sorted(out, key=lambda c: -c.score)
+            for (sentence, passage, dense), logit in zip(items, logits, strict=True)
+        ]
+        return sorted(out, key=lambda c: -c.logit)
 
     @staticmethod
     def _quote_span(sentence: Sentence, passage: ScoredPassage) -> tuple[int, int]:
-        """Widen the quote so it reads on its own.
+        """The quote for a sentence: it reads on its own, without a label in front.
 
-        A sentence opening with "It", "However"… takes the sentence before it; a sentence
-        followed (in the same paragraph) by one that opens that way takes that one too
-        ("…increased in dysautonomia. That problem can be ameliorated by…").
+        Within a paragraph, a sentence that leans on the one before it ("That problem can be
+        ameliorated…", "He recommends…") takes that sentence too, and a sentence followed by one
+        that leans on it takes the follower (its qualifier: "…increased in dysautonomia. That
+        problem can be ameliorated by slower infusions"); a short label opening the quote
+        ("Results: ") is context, not part of it.
         """
         sentences = passage.chunk.sentences
         idx = next(i for i, s in enumerate(sentences) if s.start == sentence.start)
@@ -133,45 +121,65 @@ class ExtractiveEngine:
             return "\n\n" not in text[a.end - offset : b.start - offset]
 
         start, end = sentence.start, sentence.end
-        if idx > 0 and _ANAPHORIC.match(sentence.text) and same_paragraph(sentences[idx - 1], sentence):
+        if idx > 0 and LEANS_BACK.match(sentence.text) and same_paragraph(sentences[idx - 1], sentence):
             start = sentences[idx - 1].start
         if idx + 1 < len(sentences):
-            following = sentences[idx + 1]
-            if _ANAPHORIC.match(following.text) and same_paragraph(sentence, following):
-                end = following.end
-        return start, end
+            follower = sentences[idx + 1]
+            if LEANS_BACK.match(follower.text) and same_paragraph(sentence, follower):
+                end = follower.end
+        label = _LEADING_LABEL.match(text[start - offset : end - offset])
+        return start + (label.end() if label else 0), end
 
     def select(self, ranked: list[Candidate], limit: int | None = None) -> list[Candidate]:
-        """Greedy pick: strong enough, not a near-duplicate, spread across documents.
+        """The lead, then the quotes whose log-odds are within a margin of it, best first.
 
-        The first pass takes each document's best sentence (so sources that agree or differ
-        are both heard), the second fills up with the next best overall.
+        The lead is the most likely answer; the best sentence of another source joins it when it
+        is within ``second_lead_margin`` (two sources answering). Another sentence is quoted when
+        it is likely enough on its own (``min_quote_probability``) or close to the lead (within
+        ``quote_margin`` in log-odds, for questions where nothing is very likely); at most
+        ``max_answer_sentences`` in all, no near-duplicates, and no quota per document.
         """
         if not ranked:
             return []
-        s = self.settings
-        limit = min(limit or s.answer.max_answer_sentences, s.answer.max_answer_sentences)
-        floor = max(s.answer.min_sentence_score, ranked[0].score * s.answer.relative_sentence_score)
-        eligible = [c for c in ranked if c.score >= floor]
-        best_per_doc = list({c.sentence.doc_id: c for c in reversed(eligible)}.values())
-        best_per_doc.sort(key=lambda c: -c.score)
-        chosen: list[Candidate] = []
-        per_doc: dict[str, int] = {}
-        for cand in [*best_per_doc, *eligible]:
+        a = self.settings.answer
+        limit = min(limit or a.max_answer_sentences, a.max_answer_sentences)
+        best = ranked[0]
+        chosen = [best]
+        # A second source that answers too: its best sentence, when within second_lead_margin.
+        other = next((c for c in ranked if c.sentence.doc_id != best.sentence.doc_id), None)
+        if other is not None and limit > 1 and best.logit - other.logit <= a.second_lead_margin:
+            chosen.append(other)
+        for cand in ranked[1:]:
             if len(chosen) >= limit:
                 break
-            doc = cand.sentence.doc_id
-            if cand in chosen or per_doc.get(doc, 0) >= s.answer.max_sentences_per_doc:
-                continue
-            if any(_jaccard(cand.terms, c.terms) > s.answer.duplicate_overlap for c in chosen):
+            if best.logit - cand.logit > a.quote_margin and cand.score < a.min_quote_probability:
+                break
+            if cand in chosen or any(self._overlaps(cand, c) for c in chosen):
                 continue
             chosen.append(cand)
-            per_doc[doc] = per_doc.get(doc, 0) + 1
-        return sorted(chosen, key=lambda c: -c.score)
+        return sorted(chosen, key=lambda c: -c.logit)
+
+    def _overlaps(self, cand: Candidate, other: Candidate) -> bool:
+        """Same text (overlapping quotes) or nearly the same words."""
+        same_doc = cand.sentence.doc_id == other.sentence.doc_id
+        if same_doc and cand.quote_start < other.quote_end and other.quote_start < cand.quote_end:
+            return True
+        return _jaccard(cand.terms, other.terms) > self.settings.answer.duplicate_overlap
+
+    def leads(self, chosen: list[Candidate]) -> list[Candidate]:
+        """The lead, and a second source's best quote when it is within ``second_lead_margin``."""
+        if not chosen:
+            return []
+        best = chosen[0]
+        second = next((c for c in chosen[1:] if c.sentence.doc_id != best.sentence.doc_id), None)
+        if second is not None and best.logit - second.logit <= self.settings.answer.second_lead_margin:
+            return [best, second]
+        return [best]
 
     # -- composing ------------------------------------------------------------------------
     def compose(self, question: str, retrieval: Retrieval, limit: int | None = None) -> Composition:
-        return compose_quotes(self.select(self.candidates(question, retrieval), limit), self.name)
+        chosen = self.select(self.candidates(question, retrieval), limit)
+        return compose_quotes(chosen, self.name, len(self.leads(chosen)))
 
     def stream_compose(
         self, question: str, retrieval: Retrieval, limit: int | None = None
@@ -196,36 +204,53 @@ def _merge_spans(cands: list[Candidate]) -> list[tuple[int, int, Candidate]]:
     return merged
 
 
-def compose_quotes(chosen: list[Candidate], engine: str) -> Composition:
-    """Group quotes by document (best document first) and number the citations."""
+def _citation(n: int, start: int, end: int, cand: Candidate) -> Citation:
+    chunk = cand.passage.chunk
+    return Citation(
+        n=n,
+        doc_id=chunk.doc_id,
+        title=chunk.title,
+        chunk_id=chunk.chunk_id,
+        text=chunk.text,
+        quote=chunk.text[start - chunk.start : end - chunk.start],
+        start=start,
+        end=end,
+        score=round(cand.score, 4),
+        publisher=cand.source.get("publisher"),
+        kind=cand.source.get("kind"),
+        page=chunk.page_at(start),
+    )
+
+
+def compose_quotes(chosen: list[Candidate], engine: str, leads: int = 0) -> Composition:
+    """The first ``leads`` quotes on their own (the answer), then the rest grouped by document
+    (in order of their best quote) under the document's title; citations numbered in reading order.
+
+    A quote that touches a lead in its passage joins the lead (one quote reads better than two).
+    """
     if not chosen:
         return Composition("", [], engine)
-    doc_order = list(dict.fromkeys(c.sentence.doc_id for c in chosen))
+    head, rest = chosen[:leads], chosen[leads:]
     lines: list[str] = []
     citations: list[Citation] = []
-    for doc_id in doc_order:
-        group = [c for c in chosen if c.sentence.doc_id == doc_id]
-        chunk = group[0].passage.chunk
+
+    def add(group: list[Candidate]) -> None:
+        for start, end, cand in _merge_spans(group):
+            citations.append(_citation(len(citations) + 1, start, end, cand))
+            lines.append(f"- {' '.join(citations[-1].quote.split())} [{len(citations)}]")
+
+    for lead in head:
+        touching = [c for c in rest if c.passage is lead.passage and _touches(c, lead)]
+        rest = [c for c in rest if c not in touching]
+        add([lead, *touching])
+    for doc_id in dict.fromkeys(c.sentence.doc_id for c in rest):
+        group = [c for c in rest if c.sentence.doc_id == doc_id]
         if lines:
             lines.append("")
-        lines.append(f"**{chunk.title}**")
-        for start, end, cand in _merge_spans(group):
-            passage = cand.passage.chunk
-            quote = passage.text[start - passage.start : end - passage.start]
-            n = len(citations) + 1
-            citations.append(
-                Citation(
-                    n=n,
-                    doc_id=doc_id,
-                    title=passage.title,
-                    chunk_id=passage.chunk_id,
-                    text=passage.text,
-                    quote=quote,
-                    start=start,
-                    end=end,
-                    score=round(cand.score, 4),
-                    page=passage.page_at(start),
-                )
-            )
-            lines.append(f"- {' '.join(quote.split())} [{n}]")
+        lines.append(f"**{group[0].passage.chunk.title}**")
+        add(group)
     return Composition("\n".join(lines), citations, engine)
+
+
+def _touches(a: Candidate, b: Candidate) -> bool:
+    return a.quote_start <= b.quote_end + 2 and b.quote_start <= a.quote_end + 2

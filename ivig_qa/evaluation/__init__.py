@@ -13,13 +13,15 @@ runs), asks every question through the same ``Assistant.ask`` the app uses, and 
 * integrity checks: the fixed disclaimer, quotes verbatim at their offsets, ``[n]`` markers
   that resolve, no unescaped markup echoed from an adversarial question;
 * latency (median and p95 of ``timings_ms["total"]``);
+* focus against hand labels: quote precision, lead accuracy, answer length, headings quoted;
 * optionally the retrieval recall of the LangChain RAG-tutorial pipeline, as a baseline.
 
 The report is written as Markdown (for people), JSON (for machines) and a PNG chart.
 
 Modules, one job each: ``dataset`` (the set: schema, loading, validation, evidence location),
-``checks`` (support checkers and per-answer checks), ``baseline`` (the LangChain-tutorial
-retriever), ``runner`` (asking, scoring, metrics, thresholds), ``report`` (writing the report).
+``checks`` (support checkers and per-answer checks), ``focus`` (focus against the labels),
+``baseline`` (the LangChain-tutorial retriever), ``runner`` (asking, scoring, metrics,
+thresholds), ``report`` (writing the report), ``fit_ranker`` (fitting ``data/ranker.toml``).
 The names below are the ones ``ivig-qa eval`` (cli.py) and the tests use.
 """
 

@@ -87,6 +87,8 @@ class EvalItem:
     item: SetItem
     line: int
     evidence: tuple[Evidence, ...]
+    relevant: tuple[Evidence, ...] = ()
+    supporting: tuple[Evidence, ...] = ()
 
 
 class EvalSetError(Exception):
@@ -122,8 +124,11 @@ def locate(text: str, needle: str, doc_id: str) -> list[TextRange]:
     return out
 
 
-def _check_item(item: SetItem, documents: Mapping[str, str]) -> tuple[list[str], tuple[Evidence, ...]]:
-    """Problems a schema cannot see: unknown documents, evidence not in them, empty follow-ups."""
+def _check_item(
+    item: SetItem, documents: Mapping[str, str]
+) -> tuple[list[str], dict[str, tuple[Evidence, ...]]]:
+    """Problems a schema cannot see: unknown documents, evidence (or a relevant/supporting
+    label) not in them, empty follow-ups; and every gold string located, by kind."""
     problems = [
         f"expected document {d!r} is not in the corpus" for d in item.expected_docs if d not in documents
     ]
@@ -131,20 +136,21 @@ def _check_item(item: SetItem, documents: Mapping[str, str]) -> tuple[list[str],
         problems.append("follow_up item has no earlier 'turns'")
     if item.evidence and not item.expected_docs:
         problems.append("evidence given but no expected_docs to find it in")
-    located: list[Evidence] = []
+    located: dict[str, tuple[Evidence, ...]] = {}
     for kind, texts in (
         ("evidence", item.evidence),
         ("relevant", item.relevant),
         ("supporting", item.supporting),
     ):
+        found: list[Evidence] = []
         for text in texts:
             spans = [s for d in item.expected_docs if d in documents for s in locate(documents[d], text, d)]
             if not spans:
                 short = text if len(text) <= 80 else text[:77] + "..."
                 problems.append(f"{kind} not found verbatim in {item.expected_docs}: {short!r}")
-            if kind == "evidence":
-                located.append(Evidence(text, tuple(spans)))
-    return problems, tuple(located)
+            found.append(Evidence(text, tuple(spans)))
+        located[kind] = tuple(found)
+    return problems, located
 
 
 def load_set(path: Path, documents: Mapping[str, str]) -> list[EvalItem]:
@@ -172,12 +178,12 @@ def load_set(path: Path, documents: Mapping[str, str]) -> list[EvalItem]:
         except ValidationError as exc:
             errors.extend(f"{path}:{no}: {_describe(e)}" for e in exc.errors())
             continue
-        problems, evidence = _check_item(item, documents)
+        problems, located = _check_item(item, documents)
         if item.id in seen:
             problems.append(f"duplicate id {item.id!r} (first on line {seen[item.id]})")
         seen.setdefault(item.id, no)
         errors.extend(f"{path}:{no}: {p}" for p in problems)
-        items.append(EvalItem(item, no, evidence))
+        items.append(EvalItem(item, no, located["evidence"], located["relevant"], located["supporting"]))
     if not errors and not items:
         errors.append(f"{path}: no questions in the set")
     if errors:

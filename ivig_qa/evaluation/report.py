@@ -6,12 +6,16 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich import box
 from rich.table import Table
 
 from ivig_qa.evaluation.runner import EvalReport, Metrics
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 SCORE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("status_accuracy", "status acc."),
@@ -34,6 +38,16 @@ CHECK_COLUMNS: tuple[tuple[str, str], ...] = (
     ("latency_ms_median", "latency p50 ms"),
     ("latency_ms_p95", "latency p95 ms"),
     ("first_token_ms_median", "first token p50 ms"),
+)
+# Focus (evaluation/focus.py): shown beside evidence recall and key facts, which pull against it.
+FOCUS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("quote_precision", "quote prec."),
+    ("lead_accuracy", "lead acc."),
+    ("answer_words_median", "words p50"),
+    ("answer_words_p90", "words p90"),
+    ("cited_recall", "cited recall"),
+    ("key_fact_coverage", "key facts"),
+    ("context_quoted", "headings quoted"),
 )
 
 
@@ -101,6 +115,16 @@ def render_markdown(report: EvalReport) -> str:
             [[name, str(x.n), *[fmt(getattr(x, k)) for k, _ in scores]] for name, x in _rows(report)],
         ),
         "",
+        "## Focus per category",
+        "",
+        "Quote precision: share of quoted sentences labelled relevant or supporting; lead: the first "
+        "quote is a relevant one; words: the answer text as shown (expect=answer items).",
+        "",
+        _md_table(
+            ["category", "n", *[label for _, label in FOCUS_COLUMNS]],
+            [[name, str(x.n), *[fmt(getattr(x, k)) for k, _ in FOCUS_COLUMNS]] for name, x in _rows(report)],
+        ),
+        "",
         "## Integrity and latency per category",
         "",
         _md_table(
@@ -152,12 +176,44 @@ def summary_tables(report: EvalReport) -> list[Table]:
     last = list(report.per_category)[-1]
     for name, x in _rows(report):
         scores.add_row(name, str(x.n), *[fmt(getattr(x, k)) for k, _ in cols], end_section=name == last)
+    focus = _focus_table(report)
     checks = Table(title="Checks — overall", box=box.SIMPLE_HEAD, padding=(0, 1))
     checks.add_column("check", style="bold")
     checks.add_column("value", justify="right")
     for key, label in _columns(report, CHECK_COLUMNS):
         checks.add_row(label, fmt(getattr(report.metrics, key)))
-    return [scores, checks]
+    return [scores, focus, checks]
+
+
+FOCUS_SHORT = {
+    "quote_precision": "prec",
+    "lead_accuracy": "lead",
+    "answer_words_median": "w50",
+    "answer_words_p90": "w90",
+    "cited_recall": "cited",
+    "key_fact_coverage": "facts",
+    "context_quoted": "head",
+}
+
+
+def _focus_table(report: EvalReport) -> Table:
+    """Per-category focus beside cited recall and key facts."""
+    table = Table(
+        title="Focus",
+        caption="prec = labelled share of quoted sentences, lead = first quote relevant, w50/w90 = answer "
+        "words p50/p90, head = headings or bylines quoted",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0, 0, 1),
+        pad_edge=False,
+    )
+    table.add_column("category", style="bold", no_wrap=True)
+    for key, _ in FOCUS_COLUMNS:
+        table.add_column(FOCUS_SHORT[key], justify="right", no_wrap=True)
+    for name, x in _rows(report):
+        if name != "overall" and x.quote_precision is None:
+            continue
+        table.add_row(name, *[fmt(getattr(x, k)) for k, _ in FOCUS_COLUMNS])
+    return table
 
 
 def write_chart(report: EvalReport, path: Path) -> None:
@@ -171,7 +227,9 @@ def write_chart(report: EvalReport, path: Path) -> None:
     rows = _rows(report)
     width = 0.8 / len(cols)
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(rows)), 4.8))
+    fig, (ax, focus_ax) = plt.subplots(
+        2, 1, figsize=(max(8.0, 1.6 * len(rows)), 8.4), gridspec_kw={"height_ratios": [1.15, 1]}
+    )
     for i, (key, label) in enumerate(cols):
         values = [getattr(m, key) for _, m in rows]
         heights = [np.nan if v is None else v for v in values]
@@ -181,9 +239,39 @@ def write_chart(report: EvalReport, path: Path) -> None:
     ax.set_ylabel("score")
     ax.set_title(f"{Path(report.set_file).name} — engine {report.engine}")
     ax.legend(fontsize="small", ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    _focus_panel(focus_ax, report)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
+
+
+def _focus_panel(ax: Axes, report: EvalReport) -> None:
+    """Quote precision and lead accuracy (bars, left axis) and answer words p50/p90 (right axis)."""
+    rows = [(name, m) for name, m in _rows(report) if m.quote_precision is not None or name == "overall"]
+    x = np.arange(len(rows))
+    for i, (key, label) in enumerate((("quote_precision", "quote precision"), ("lead_accuracy", "lead"))):
+        heights = [np.nan if getattr(m, key) is None else getattr(m, key) for _, m in rows]
+        ax.bar(x + (i - 0.5) * 0.3, heights, 0.3, label=label)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score")
+    ax.set_xticks(x, [name for name, _ in rows], rotation=20, ha="right")
+    words = ax.twinx()
+    for key, label, style in (
+        ("answer_words_median", "words p50", "o-"),
+        ("answer_words_p90", "words p90", "s--"),
+    ):
+        words.plot(
+            x,
+            [np.nan if getattr(m, key) is None else getattr(m, key) for _, m in rows],
+            style,
+            label=label,
+            color="black",
+        )
+    words.set_ylim(0, max([m.answer_words_p90 or 0 for _, m in rows] + [100]) * 1.1)
+    words.set_ylabel("answer words")
+    handles = [*ax.get_legend_handles_labels()[0], *words.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, fontsize="small", ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    ax.set_title("focus: quote precision, lead accuracy, answer length")
 
 
 REPORT_FILES = ("report.md", "report.json", "categories.png")

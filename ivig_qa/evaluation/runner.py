@@ -39,6 +39,8 @@ from ivig_qa.evaluation.checks import (
     unescaped_markup,
 )
 from ivig_qa.evaluation.dataset import CATEGORIES, EvalItem, Evidence, SetItem, TextRange
+from ivig_qa.evaluation.focus import LOWER_IS_BETTER as FOCUS_LOWER_IS_BETTER
+from ivig_qa.evaluation.focus import FocusRecord, context_ranges, focus_metrics, score_focus
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.text import collapse_space, markers
 from ivig_qa.types import Answer, Citation
@@ -123,6 +125,7 @@ class QuestionRecord(BaseModel):
     latency_ms: float | None
     first_token_ms: float | None = None  # streamed engines (LLM): time to the first generated token
     failures: list[str]
+    focus: FocusRecord | None = Field(None, description="Quote precision, lead, length (focus.py).")
 
 
 class Metrics(BaseModel):
@@ -150,6 +153,12 @@ class Metrics(BaseModel):
     latency_ms_median: float | None
     latency_ms_p95: float | None
     first_token_ms_median: float | None = None
+    # -- focus (evaluation/focus.py): what is quoted needlessly, whether the answer leads ----------
+    quote_precision: float | None = Field(None, description="Share of quoted sentences that are labelled.")
+    lead_accuracy: float | None = Field(None, description="Share of answers whose first quote is relevant.")
+    answer_words_median: float | None = None
+    answer_words_p90: float | None = None
+    context_quoted: int = Field(0, description="Quotes of a heading, title, byline or reference line.")
 
 
 # Metrics a --fail-under threshold may name; for these lower is better.
@@ -162,6 +171,7 @@ LOWER_IS_BETTER = frozenset(
         "latency_ms_p95",
         "first_token_ms_median",
     }
+    | FOCUS_LOWER_IS_BETTER
 )
 THRESHOLD_METRICS = tuple(name for name in Metrics.model_fields if name not in {"n", "n_recall_items"})
 
@@ -230,6 +240,7 @@ def compute_metrics(records: Sequence[QuestionRecord]) -> Metrics:
         latency_ms_median=round(float(np.median(latencies)), 2) if latencies else None,
         latency_ms_p95=round(float(np.percentile(latencies, 95)), 2) if latencies else None,
         first_token_ms_median=round(float(np.median(first_tokens)), 2) if first_tokens else None,
+        **focus_metrics(records),
     )
 
 
@@ -260,6 +271,7 @@ class Evaluator:
         self.checker = checker
         self.baseline = baseline
         self.k_final = assistant.settings.retrieval.k_final
+        self.contexts = context_ranges(assistant.settings.index.corpus_dir)
 
     def converse(self, item: SetItem) -> tuple[Answer, list[Answer]]:
         """Ask the earlier turns in order (building the history as the app does), then the question."""
@@ -333,7 +345,8 @@ class Evaluator:
             first_token_ms=answer.timings_ms.get("llm_first_token"),
             failures=[],
         )
-        record.failures = failure_reasons(record, item, self.k_final)
+        record.focus = score_focus(loaded, answer.answer, answer.citations, self.documents, self.contexts)
+        record.failures = failure_reasons(record, item, self.k_final) + focus_failures(record)
         return record
 
     def _evidence(
@@ -425,6 +438,17 @@ def failure_reasons(record: QuestionRecord, item: SetItem, k_final: int) -> list
         out.append(
             f"unescaped markup in the answer: {', '.join(unescaped_markup(item.question, record.answer))}"
         )
+    return out
+
+
+def focus_failures(record: QuestionRecord) -> list[str]:
+    """Focus problems listed under failures: a heading quoted, an answer not led by its answer."""
+    focus = record.focus
+    if focus is None:
+        return []
+    out = [f"quote [{n}] is a heading, title or byline, not a statement" for n in focus.context_quoted]
+    if focus.lead_relevant is False and record.status == "answered":
+        out.append("the first quote does not answer the question")
     return out
 
 

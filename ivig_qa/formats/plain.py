@@ -14,7 +14,8 @@ from ivig_qa.formats.base import Extracted, Format, FormatError, Furniture
 from ivig_qa.types import Block, Span
 
 MAX_HEADING_CHARS = 120
-_TERMINAL = (".", "!", "?", '."', ".”", "!”", "?”", ".)", ")")
+# A line ending like this is a sentence; "Chronic Fatigue Syndrome (ME/CFS)" is not.
+_TERMINAL = (".", "!", "?", '."', ".”", "!”", "?”", ".)")
 
 
 def _lines(text: str) -> Iterator[Span]:
