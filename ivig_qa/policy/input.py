@@ -38,7 +38,9 @@ class InputLimits:
     max_history_message_chars: int
 
 
-def _unreadable(text: str) -> bool:
+def unreadable(text: str) -> bool:
+    """Text with what is not readable text: control characters (but newline, tab, CR),
+    surrogates, private-use characters, or U+FFFD (a decoding error)."""
     return any(
         (unicodedata.category(ch) in ("Cc", "Cs", "Co") and ch not in _ALLOWED_CONTROLS) or ch == "\ufffd"
         for ch in text
@@ -56,7 +58,7 @@ def clean_question(raw: object, max_chars: int) -> str:
     text = unicodedata.normalize("NFC", raw).strip()
     if not text:
         raise InvalidQuestion("Please type a question, for example: “How often is IVIG given?”")
-    if _unreadable(text):
+    if unreadable(text):
         raise InvalidQuestion(
             "Your message contains characters that are not readable text (binary or control "
             "characters). Please type your question in plain words."
@@ -94,7 +96,7 @@ def check_history(history: Sequence[Message | dict] | None, limits: InputLimits)
                 f"long; the limit is {limits.max_history_message_chars:,}.",
                 field=f"history[{i}].content",
             )
-        if _unreadable(turn.content):
+        if unreadable(turn.content):
             raise InvalidQuestion(
                 f"Message {i + 1} of the conversation history contains characters that are not "
                 "readable text (binary or control characters).",
