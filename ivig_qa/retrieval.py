@@ -63,7 +63,7 @@ class Vocabulary:
 
     MAX_TYPO_DELETES = 2  # a typo and the word it meant share a spelling with ≤ 2 letters dropped each
     MAX_CORRECTED_CHARS = 24  # longer words are never corrected (no source word is half as long again)
-    LOOKUPS_PER_TEXT = 40  # unknown words looked up per normalised text; the rest stay as typed
+    LOOKUPS_PER_TEXT = 24  # unknown words looked up per normalised text; the rest stay as typed
     CACHED_WORDS = 8192
 
     @classmethod
@@ -118,31 +118,33 @@ class Vocabulary:
     def normalise(self, question: str) -> str:
         """Rewrite chat shorthand and fix misspellings of the sources' own words.
 
-        Only the first ``LOOKUPS_PER_TEXT`` unknown words are looked up; a text longer than
-        any question keeps the rest as typed.
+        At most ``LOOKUPS_PER_TEXT`` unknown words are looked up, the last ones first (a long
+        message asks its question at the end); a text longer than any question keeps the
+        rest as typed.
         """
         rewrites = _chat_rewrites()
-        lookups = 0
-
-        def fix(m: re.Match[str]) -> str:
-            nonlocal lookups
+        pieces: list[str] = []
+        lookups, end = 0, len(question)
+        for m in reversed(list(_WORD.finditer(question))):
             word = m.group()
             low = word.lower()
             if low in rewrites:
-                return rewrites[low]
-            if (
-                low in self
+                fixed = rewrites[low]
+            elif (
+                lookups >= self.LOOKUPS_PER_TEXT
+                or not 5 <= len(low) <= self.MAX_CORRECTED_CHARS  # cheapest first: never corrected
                 or low in STOPWORDS
+                or low in self
                 or low in lay_words()
-                or not 5 <= len(low) <= self.MAX_CORRECTED_CHARS
             ):
-                return word
-            if lookups >= self.LOOKUPS_PER_TEXT:
-                return word
-            lookups += 1
-            return self.closest(low) or word
-
-        return _WORD.sub(fix, question)
+                continue
+            else:
+                lookups += 1
+                fixed = self.closest(low) or word
+            pieces += [question[m.end() : end], fixed]
+            end = m.start()
+        pieces.append(question[:end])
+        return "".join(reversed(pieces))
 
 
 class QueryExpander:

@@ -200,7 +200,7 @@ class ServerSettings(_Group):
         description="Longest request body (413 before it is read); the default holds the largest ask "
         "the policy limits allow (20 turns of 8,000 characters).",
     )
-    max_header_bytes: int = Field(16_384, ge=4096, description="Longest request line and headers (400).")
+    max_header_bytes: int = Field(16_384, ge=4096, description="Longest request line and headers (431).")
     read_timeout_s: float = Field(
         10.0,
         gt=0,

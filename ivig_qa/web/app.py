@@ -18,12 +18,13 @@ from ivig_qa.web.api import API_KEY_HEADER, PUBLIC_PATHS, api_fallback, api_rout
 from ivig_qa.web.errors import (
     body_too_large,
     gradio_refusal,
+    headers_too_large,
     install_error_handlers,
     internal_error,
     unauthorized,
 )
 from ivig_qa.web.lifecycle import ServerState, default_loader, lifespan
-from ivig_qa.web.limits import BodyLimitMiddleware, guarded_h11
+from ivig_qa.web.limits import RequestSizeMiddleware, guarded_h11
 from ivig_qa.web.middleware import (
     REQUEST_ID_HEADER,
     ApiKeyMiddleware,
@@ -85,7 +86,11 @@ def create_app(
         respond=unauthorized(API_KEY_HEADER),
     )
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=server.max_body_bytes, respond=body_too_large(server.max_body_bytes)
+        RequestSizeMiddleware,
+        max_body_bytes=server.max_body_bytes,
+        max_header_bytes=server.max_header_bytes,
+        body_too_large=body_too_large(server.max_body_bytes),
+        headers_too_large=headers_too_large(server.max_header_bytes),
     )
     app.add_middleware(
         CORSMiddleware,

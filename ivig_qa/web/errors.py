@@ -1,4 +1,4 @@
-"""Errors as JSON with the request id: the body, the handlers, the index-down 503."""
+"""Errors as JSON with the request id: the body, the handlers, the 401/413/431 responses, the 503s."""
 
 from collections.abc import Callable
 from http import HTTPStatus
@@ -23,6 +23,7 @@ FEEDBACK_BUSY = "Feedback cannot be saved right now; please try again shortly."
 _CODES = {
     401: "unauthorized",
     413: "body_too_large",
+    431: "headers_too_large",
     422: "invalid_request",
     429: "rate_limited",
     503: "not_ready",
@@ -46,6 +47,15 @@ def body_too_large(max_bytes: int) -> Callable[[Request], JSONResponse]:
 
     def respond(request: Request) -> JSONResponse:
         return error_json(request, 413, f"The request body is larger than {max_bytes:,} bytes.")
+
+    return respond
+
+
+def headers_too_large(max_bytes: int) -> Callable[[Request], JSONResponse]:
+    """The 431 for a request line and headers over ``max_bytes``."""
+
+    def respond(request: Request) -> JSONResponse:
+        return error_json(request, 431, f"The request headers are larger than {max_bytes:,} bytes.")
 
     return respond
 

@@ -1,4 +1,4 @@
-"""Limits on what a client may cost: rate (token buckets), body size, read time, answer slots."""
+"""Limits on what a client may cost: rate (token buckets), request size, read time, answer slots."""
 
 import asyncio
 import threading
@@ -67,30 +67,48 @@ def answer_slots(settings: Settings) -> anyio.CapacityLimiter:
     return anyio.CapacityLimiter(settings.server.max_concurrent_answers)
 
 
-class BodyLimitMiddleware:
-    """Reads each request body, at most ``max_bytes``, before anything parses or checks it.
+class RequestSizeMiddleware:
+    """Caps what one request may carry, before anything parses or checks it.
 
-    A larger body is refused with ``respond(request)`` (413): at once when its
-    ``Content-Length`` says so, or as soon as a chunked body passes the cap; the server
-    discards the rest unread. Memory per request is bounded by the cap, whatever is sent.
+    Headers (with the request line) over ``max_header_bytes``: ``headers_too_large``
+    (431). uvicorn's h11 caps headers that arrive in pieces; this also catches a header
+    block that arrived in one read. The body is read here, at most ``max_body_bytes``; a
+    larger one gets ``body_too_large`` (413): at once when its ``Content-Length`` says so,
+    or as soon as a chunked body passes the cap; the server discards the rest unread.
+    Memory per request is bounded by the caps, whatever is sent.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, respond: Callable[[Request], Response]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_header_bytes: int,
+        body_too_large: Callable[[Request], Response],
+        headers_too_large: Callable[[Request], Response],
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
-        self.respond = respond
+        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+        self.body_too_large = body_too_large
+        self.headers_too_large = headers_too_large
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        header_bytes = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
+        header_bytes += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if header_bytes > self.max_header_bytes:
+            await self.headers_too_large(Request(scope))(scope, receive, send)
             return
         headers = Headers(scope=scope)
         length = headers.get("content-length")
         if length is None and "transfer-encoding" not in headers:
             await self.app(scope, receive, send)  # no body
             return
-        if length is not None and int(length) > self.max_bytes:  # h11 has checked it is a number
-            await self.respond(Request(scope))(scope, receive, send)
+        if length is not None and int(length) > self.max_body_bytes:  # h11 has checked it is a number
+            await self.body_too_large(Request(scope))(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -100,8 +118,8 @@ class BodyLimitMiddleware:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self.respond(Request(scope))(scope, receive, send)
+            if size > self.max_body_bytes:
+                await self.body_too_large(Request(scope))(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

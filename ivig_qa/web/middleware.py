@@ -342,7 +342,7 @@ class ChatRoutesGuard:
         if path != "/gradio_api/queue/join":
             await self.app(scope, receive, send)
             return
-        message = await receive()  # the whole body: BodyLimitMiddleware has read it
+        message = await receive()  # the whole body: RequestSizeMiddleware has read it
         problem = self._check(message.get("body", b""))
         if problem:
             await self.respond(Request(scope), 422, problem)(scope, receive, send)
