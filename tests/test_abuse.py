@@ -414,6 +414,9 @@ def test_log_lines_cannot_be_forged_and_bad_chat_calls_leave_no_traceback(app_se
             {"data": [QUESTION, None], "fn_index": 999, "session_hash": "abc"},
             {"data": "x", "fn_index": 0, "session_hash": "abc"},
             {"fn_index": 0},
+            {"data": [], "fn_index": 0, "session_hash": "abc"},  # the chat takes two values
+            {"data": [None], "event_data": None, "fn_index": 3, "session_hash": "abc"},  # a like, no data
+            {"data": [None], "event_data": {"index": 1}, "fn_index": 3, "session_hash": "abc"},
         ):
             assert_error(c.post(f"{url}/gradio_api/queue/join", json=body), 422, "invalid_request")
         bad_json = c.post(

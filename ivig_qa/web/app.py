@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -28,6 +30,7 @@ from ivig_qa.web.limits import RequestSizeMiddleware, guarded_h11
 from ivig_qa.web.middleware import (
     REQUEST_ID_HEADER,
     ApiKeyMiddleware,
+    ChatEvent,
     ChatRoutesGuard,
     CrashGuardMiddleware,
     RequestIdMiddleware,
@@ -123,11 +126,23 @@ def create_app(
             lambda: state.assistant, settings, limiter=state.limiter, feedback=state.feedback
         )
         mount_chat(app, chat)
-        guard_chat(app, set(chat.fns))
+        guard_chat(app, chat_events(chat))
     return app
 
 
-def guard_chat(app: FastAPI, events: set[int]) -> None:
+def chat_events(blocks: Any) -> dict[int, ChatEvent]:
+    """Each event of the chat's Blocks by its index: its input count, whether it takes event data."""
+    import gradio as gr
+    from gradio.utils import get_type_hints
+
+    def takes_event_data(fn: Callable[..., Any]) -> bool:
+        hints = get_type_hints(fn).values()
+        return any(inspect.isclass(h) and issubclass(h, gr.EventData) for h in hints)
+
+    return {i: ChatEvent(len(f.inputs), takes_event_data(f.fn)) for i, f in blocks.fns.items()}
+
+
+def guard_chat(app: FastAPI, events: dict[int, ChatEvent]) -> None:
     """Put ``ChatRoutesGuard`` in front of the mounted Gradio app (only its page's routes open)."""
     mounts = [r for r in app.router.routes if isinstance(r, Mount) and r.path == ""]
     if len(mounts) != 1:

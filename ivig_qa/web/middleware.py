@@ -10,8 +10,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import brotli
@@ -294,6 +295,21 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, secured)
 
 
+@dataclass(frozen=True)
+class ChatEvent:
+    """What one event of the chat takes: how many input values, and whether event data
+    (the clicked message of a like, the picked example) comes with it."""
+
+    inputs: int
+    event_data: bool = False
+
+
+class _EventData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    index: int | list[int]
+    value: Any
+
+
 class _QueueJoin(BaseModel):
     """What the chat page posts to ``/gradio_api/queue/join`` to run one of its events."""
 
@@ -302,7 +318,7 @@ class _QueueJoin(BaseModel):
     fn_index: int
     session_hash: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     trigger_id: int | None = None
-    event_data: dict[str, Any] | None = None
+    event_data: _EventData | None = None
 
 
 # (method, path pattern) pairs the chat page uses; every other Gradio route is closed.
@@ -319,16 +335,21 @@ class ChatRoutesGuard:
 
     Gradio also serves a REST API (``/gradio_api/call``, ``/run``, ``/api``), uploads,
     file and proxy routes, and more; the chat needs none of them, so they answer 404
-    here. A ``queue/join`` is checked first (its shape, and an event of this chat), so a
-    malformed one is a 422, not a traceback inside Gradio. The JSON API under ``/api`` is
+    here. A ``queue/join`` is checked first (its shape, an event of this chat, as many
+    values as that event takes, its event data), so a malformed one is a 422, not a
+    traceback inside Gradio. The JSON API under ``/api`` is
     the programmatic way in (with its key and limits).
     """
 
     def __init__(
-        self, app: ASGIApp, *, events: Collection[int], respond: Callable[[Request, int, str], Response]
+        self,
+        app: ASGIApp,
+        *,
+        events: Mapping[int, ChatEvent],
+        respond: Callable[[Request, int, str], Response],
     ) -> None:
         self.app = app
-        self.events = frozenset(events)
+        self.events = dict(events)
         self.respond = respond
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -363,6 +384,9 @@ class ChatRoutesGuard:
             join = _QueueJoin.model_validate(json.loads(body))
         except (ValueError, ValidationError):
             return "Malformed chat event."
-        if join.fn_index not in self.events:
+        event = self.events.get(join.fn_index)
+        if event is None:
             return "Unknown chat event."
+        if len(join.data) != event.inputs or (event.event_data and join.event_data is None):
+            return "Malformed chat event."
         return None
