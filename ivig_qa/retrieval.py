@@ -15,7 +15,7 @@ import tomllib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,29 @@ def is_english(word: str) -> bool:
 
 
 class Vocabulary:
-    """The corpus's words, for typo correction and for telling known subjects from unknown."""
+    """The corpus's words, for typo correction and for telling known subjects from unknown.
+
+    Typo lookups cost the same whatever the size of the corpus: every source word is indexed
+    under its spellings with up to two letters dropped (a SymSpell deletion index), so a
+    misspelling is compared only with the few words it shares such a spelling with, using
+    the same similarity (difflib's ratio ≥ 0.8, same first letter) as a scan of all words.
+    Results are cached per word, and one text triggers at most ``LOOKUPS_PER_TEXT`` lookups,
+    so the cost of normalising a message is bounded by its length.
+    """
+
+    MAX_TYPO_DELETES = 2  # a typo and the word it meant share a spelling with ≤ 2 letters dropped each
+    MAX_CORRECTED_CHARS = 24  # longer words are never corrected (no source word is half as long again)
+    LOOKUPS_PER_TEXT = 24  # unknown words looked up per normalised text; the rest stay as typed
+    CACHED_WORDS = 8192
+
+    @classmethod
+    def deletions(cls, word: str) -> set[str]:
+        """The word and every spelling of it with up to ``MAX_TYPO_DELETES`` letters dropped."""
+        found, edge = {word}, {word}
+        for _ in range(cls.MAX_TYPO_DELETES):
+            edge = {w[:i] + w[i + 1 :] for w in edge for i in range(len(w))} - found
+            found |= edge
+        return found
 
     def __init__(self, texts: list[str]) -> None:
         words: set[str] = set()
@@ -73,23 +95,36 @@ class Vocabulary:
                         words.update((part, stem(part)))
                 words.add(word)
         self.words = frozenset(words)
-        self._by_initial: dict[str, list[str]] = defaultdict(list)
+        self.longest = max((len(w) for w in self.words), default=0)
+        self._by_deletion: dict[str, list[str]] = defaultdict(list)
         for word in self.words:
-            self._by_initial[word[:1]].append(word)
+            if len(word) >= 4:  # shorter words are never within the similarity of a 5+ letter word
+                for spelling in self.deletions(word):
+                    self._by_deletion[spelling].append(word)
+        self._closest = lru_cache(maxsize=self.CACHED_WORDS)(self._lookup)
 
     def __contains__(self, word: str) -> bool:
         return word in self.words or stem(word) in self.words
 
     def closest(self, word: str) -> str | None:
         """The corpus word a (5+ letter) misspelling most likely meant, if any."""
-        if len(word) < 5:
+        if not 5 <= len(word) <= self.MAX_CORRECTED_CHARS:
             return None
-        found = difflib.get_close_matches(word, self._by_initial.get(word[:1], []), n=1, cutoff=0.8)
+        return self._closest(word)
+
+    def _lookup(self, word: str) -> str | None:
+        candidates = {
+            w
+            for spelling in self.deletions(word)
+            for w in self._by_deletion.get(spelling, ())
+            if w[0] == word[0]
+        }
+        found = difflib.get_close_matches(word, candidates, n=1, cutoff=0.8)
         return found[0] if found else None
 
     def has_prefix_of(self, word: str, min_len: int = 5) -> bool:
         """An inflection of a corpus word ("trialled" for "trial", "infusing" for "infus…")."""
-        return any(word[:n] in self.words for n in range(min_len, len(word)))
+        return any(word[:n] in self.words for n in range(min_len, min(len(word), self.longest + 1)))
 
     def normalise(self, question: str) -> str:
         """Rewrite chat shorthand and fix misspellings of the sources' own words.
@@ -97,22 +132,39 @@ class Vocabulary:
         A common English word is never a misspelling ("heard" stays, not "heart"; "cheaper" is
         not "chapter"); a misspelling whose English correction is a sources' word, or one with
         a short ending ("severly" → "severely", after "severe"), takes that correction.
+
+        At most ``LOOKUPS_PER_TEXT`` unknown words are looked up, the last ones first (a long
+        message asks its question at the end); a text longer than any question keeps the
+        rest as typed.
         """
         rewrites = _chat_rewrites()
-
-        def fix(m: re.Match[str]) -> str:
+        pieces: list[str] = []
+        lookups, end = 0, len(question)
+        for m in reversed(list(_WORD.finditer(question))):
             word = m.group()
             low = word.lower()
             if low in rewrites:
-                return rewrites[low]
-            if low in self or low in STOPWORDS or low in lay_words() or is_english(low):
-                return word
-            english = _english().correction(low) if len(low) >= 5 else None
-            if english and english != low and (english in self or english[:-2] in self.words):
-                return english
-            return self.closest(low) or word
-
-        return _WORD.sub(fix, question)
+                fixed = rewrites[low]
+            elif (
+                lookups >= self.LOOKUPS_PER_TEXT
+                or not 5 <= len(low) <= self.MAX_CORRECTED_CHARS  # cheapest first: never corrected
+                or low in STOPWORDS
+                or low in self
+                or low in lay_words()
+                or is_english(low)
+            ):
+                continue
+            else:
+                lookups += 1
+                english = _english().correction(low)
+                if english and english != low and (english in self or english[:-2] in self.words):
+                    fixed = english
+                else:
+                    fixed = self.closest(low) or word
+            pieces += [question[m.end() : end], fixed]
+            end = m.start()
+        pieces.append(question[:end])
+        return "".join(reversed(pieces))
 
 
 class QueryExpander:

@@ -192,7 +192,14 @@ class ServerSettings(_Group):
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="On SIGTERM, in-flight answers and streams get this long to finish."
     )
-    chat_ui: bool = Field(True, description="Mount the Gradio chat at / (public: the API key guards /api).")
+    chat_ui: bool | None = Field(
+        None,
+        description="The Gradio chat at /. Default: on without an api_key, off with one (the chat is a "
+        "public page that answers without the key; set true to serve it anyway).",
+    )
+    api_docs: bool = Field(
+        False, description="Swagger UI at /api/docs (loads its script from a CDN); /api/openapi.json always."
+    )
     app_title: str = Field("IVIG questions", description="Title of the chat, the widget and the embed page.")
     example_questions: list[str] = Field(
         default_factory=lambda: [
@@ -205,8 +212,33 @@ class ServerSettings(_Group):
     )
     max_concurrent_answers: int = Field(4, ge=1, description="Answers computed at once; more requests wait.")
     forwarded_allow_ips: str | None = Field(
-        None, description="Proxy addresses trusted for X-Forwarded-For (the client IP used by rate limits)."
+        None,
+        description="Proxy addresses trusted for X-Forwarded-For (the client IP used by rate limits); "
+        "default: none, the peer address is the client.",
     )
+    max_body_bytes: int = Field(
+        262_144,
+        ge=1024,
+        description="Longest request body (413 before it is read); the default holds the largest ask "
+        "the policy limits allow (20 turns of 8,000 characters).",
+    )
+    max_header_bytes: int = Field(16_384, ge=4096, description="Longest request line and headers (431).")
+    read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request's headers, and then its body, must arrive within this (else cut off).",
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="Idle keep-alive connections are closed after this.")
+    answer_id_secret: SecretStr | None = Field(
+        None,
+        description="Signs the answer ids handed out, so feedback rates only issued answers. Default: "
+        "random per process; set the same value on every server behind one load balancer.",
+    )
+
+    @property
+    def chat_enabled(self) -> bool:
+        """Whether the chat is served: ``chat_ui``, or by default only when no API key is set."""
+        return self.chat_ui if self.chat_ui is not None else not self.api_key
 
 
 class Settings(BaseSettings):

@@ -9,8 +9,10 @@ switched on ``log_questions``; otherwise it is dropped before it reaches the dat
 # The backends register themselves with FeedbackStore when imported.
 from ivig_qa.feedback import postgres as _postgres  # noqa: F401
 from ivig_qa.feedback import sqlite as _sqlite  # noqa: F401
+from ivig_qa.feedback.ids import AnswerIds
 from ivig_qa.feedback.issued import IssuedAnswers
 from ivig_qa.feedback.models import AnswerFacts, CitedSource, FeedbackIn, FeedbackRecord, Rating
+from ivig_qa.feedback.sqlite import BUSY_TIMEOUT_S
 from ivig_qa.feedback.store import (
     FeedbackStore,
     FeedbackUnavailableError,
@@ -20,7 +22,9 @@ from ivig_qa.feedback.store import (
 )
 
 __all__ = [
+    "BUSY_TIMEOUT_S",
     "AnswerFacts",
+    "AnswerIds",
     "CitedSource",
     "FeedbackIn",
     "FeedbackRecord",

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ivig_qa.policy.input import unreadable
 
 if TYPE_CHECKING:
     from ivig_qa.types import Answer
@@ -14,12 +16,22 @@ Rating = Literal["up", "down"]
 
 
 class FeedbackIn(BaseModel):
-    """A rating as a client sends it (the HTTP API validates requests against this)."""
+    """A rating as a client sends it (the HTTP API validates requests against this):
+    no other fields, and no control characters (the domain's rule for text, ``unreadable``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     answer_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     rating: Rating
     comment: str | None = Field(None, max_length=2000)
     question: str | None = Field(None, max_length=8000, description="Stored only when log_questions is on.")
+
+    @field_validator("comment", "question")
+    @classmethod
+    def _readable(cls, text: str | None) -> str | None:
+        if text is not None and unreadable(text):
+            raise ValueError("contains characters that are not readable text (binary or control characters)")
+        return text
 
 
 class CitedSource(BaseModel):

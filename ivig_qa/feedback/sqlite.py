@@ -17,7 +17,7 @@ from typing import Any
 from ivig_qa.feedback.issued import IssuedAnswers
 from ivig_qa.feedback.store import COLUMNS, FeedbackStore, FeedbackUnavailableError, is_database_url
 
-BUSY_TIMEOUT_S = 5.0  # a writer waits this long for another to finish, then the API answers 503
+BUSY_TIMEOUT_S = 2.0  # a writer waits this long for another to finish, then the API answers 503
 
 # Version 1 is the table of the first release (created if missing, kept if present);
 # version 2 adds what the server knew about the rated answer.

@@ -22,6 +22,18 @@ DISCLAIMER = (
 )
 
 
+# An answer names at most this many unknown terms, each cut to this length: a message full of
+# made-up words gets a short answer, which a client can send back as history within its limits.
+MAX_ECHOED_TERMS = 5
+MAX_ECHOED_TERM_CHARS = 40
+
+
+def echoed_terms(terms: tuple[str, ...]) -> str:
+    """The first few unknown terms, quoted, each no longer than ``MAX_ECHOED_TERM_CHARS``."""
+    cut = [t if len(t) <= MAX_ECHOED_TERM_CHARS else t[: MAX_ECHOED_TERM_CHARS - 1] + "…" for t in terms]
+    return ", ".join(f"“{t}”" for t in cut[:MAX_ECHOED_TERMS])
+
+
 def responses() -> dict:
     """The reviewed wording of each answer shape (``data/responses.toml``)."""
     return data.load("responses.toml")
@@ -65,8 +77,7 @@ def frame(decision: Decision, message: str, titles: list[str], generated: bool =
     if decision.status == Status.NOT_IN_SOURCES:
         if decision.unknown_terms:
             # The terms are letters and digits only (see text.WORD), so echoing them is safe.
-            terms = ", ".join(f"“{t}”" for t in decision.unknown_terms)
-            head = r["not_in_sources_terms"].format(terms=terms)
+            head = r["not_in_sources_terms"].format(terms=echoed_terms(decision.unknown_terms))
         else:
             head = r["not_in_sources"]
         if decision.injection:

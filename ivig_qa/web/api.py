@@ -1,12 +1,16 @@
-"""The JSON API under ``/api``: answers (whole or as server-sent events), sources, feedback, probes."""
+"""The JSON API under ``/api``: answers (whole or as server-sent events), sources, feedback, probes.
+
+Every route but the probes (``PUBLIC_PATHS``) needs the API key when one is configured;
+``ApiKeyMiddleware`` checks it before a body is read. Answer ids are handed out signed, and
+feedback is taken only for a signed id.
+"""
 
 # No ``from __future__ import annotations`` here: FastAPI must see the real classes in signatures.
 
-import hmac
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -16,8 +20,9 @@ from sse_starlette import EventSourceResponse, JSONServerSentEvent
 from starlette.routing import Match
 
 from ivig_qa.assistant import Assistant
-from ivig_qa.feedback import FeedbackIn, FeedbackUnavailableError
+from ivig_qa.feedback import AnswerIds, FeedbackIn
 from ivig_qa.index import is_unavailable
+from ivig_qa.policy.input import InvalidQuestion
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Message
@@ -37,17 +42,12 @@ from ivig_qa.web.schemas import (
 log = request_logger(__name__)
 
 API_KEY_HEADER = "X-API-Key"
+PUBLIC_PATHS = ("/api/health", "/api/config", "/api/openapi.json", "/api/docs")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 422, 429, 500, 503)
+    code: {"model": ErrorResponse} for code in (401, 413, 422, 429, 500, 503)
 }
+# Documents the key in OpenAPI; ApiKeyMiddleware enforces it, before any body is read.
 _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="Needed when configured.")
-
-
-def require_api_key(state: State, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
-    """When an API key is configured, ``X-API-Key`` must match it (constant-time compare)."""
-    expected = state.settings.server.api_key
-    if expected and not (key and hmac.compare_digest(key.encode(), expected.encode())):
-        raise HTTPException(401, f"Missing or wrong {API_KEY_HEADER} header.")
 
 
 def rate_limit(state: State, request: Request) -> None:
@@ -65,17 +65,19 @@ def rate_limit(state: State, request: Request) -> None:
 def api_routes(settings: Settings) -> APIRouter:
     """Question answering, sources and feedback (API key and rate limit where they apply)."""
     ask_request = request_models(settings)
-    router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+    answer_ids = AnswerIds(
+        settings.server.answer_id_secret.get_secret_value() if settings.server.answer_id_secret else None
+    )
+    router = APIRouter(prefix="/api", dependencies=[Depends(_api_key_header)], responses=ERROR_RESPONSES)
 
     async def answer_of(state: ServerState, body: Any) -> Answer:
+        question, turns = body.checked()
         assistant = state.ready_assistant()
-        log_question(state.settings, body.question)
-        answer = await anyio.to_thread.run_sync(
-            assistant.ask, body.question, body.turns(), limiter=state.slots
-        )
+        log_question(state.settings, question)
+        answer = await anyio.to_thread.run_sync(assistant.ask, question, turns, limiter=state.slots)
         state.answered(answer, assistant)
         log_answer(answer)
-        return answer
+        return signed(answer, answer_ids)
 
     @router.post(
         "/ask", response_model=Answer, dependencies=[Depends(rate_limit)], summary="Answer a question"
@@ -96,14 +98,16 @@ def api_routes(settings: Settings) -> APIRouter:
     async def ask_stream(state: State, body: ask_request, request: Request) -> EventSourceResponse:  # type: ignore[valid-type]
         """``event: delta`` with ``{"text": ...}`` pieces as they are produced, then one
         ``event: answer`` with the full ``Answer`` JSON (or ``event: error``)."""
+        question, turns = body.checked()
         assistant = state.ready_assistant()
-        log_question(state.settings, body.question)
+        log_question(state.settings, question)
         events = stream_events(
             assistant,
-            body.question,
-            body.turns(),
+            question,
+            turns,
             state.slots,
             request_id_of(request),
+            answer_ids,
             on_answer=lambda answer: state.answered(answer, assistant),
         )
         # On SIGTERM a stream in flight gets the grace period to finish (not cut at once).
@@ -124,20 +128,17 @@ def api_routes(settings: Settings) -> APIRouter:
         summary="Rate an answer",
     )
     async def feedback(state: State, body: FeedbackIn) -> FeedbackAck:
-        """Thumbs up/down on an answer (by ``answer_id``), with an optional comment."""
-        try:
-            record = await anyio.to_thread.run_sync(state.feedback.add, body)
-        except FeedbackUnavailableError as exc:
-            log.warning("feedback not stored: %s", exc)
-            raise HTTPException(
-                503,
-                "Feedback cannot be saved right now; please try again shortly.",
-                headers={"Retry-After": str(NOT_READY_RETRY_S)},
-            ) from None
+        """Thumbs up/down on an answer (its ``answer_id`` as this server gave it), with an
+        optional comment; 503 with ``Retry-After`` while the feedback database is unavailable."""
+        answer_id = answer_ids.verify(body.answer_id)
+        if answer_id is None:
+            raise InvalidQuestion("This is not the id of an answer this service gave.", field="answer_id")
+        stored = body.model_copy(update={"answer_id": answer_id})
+        record = await anyio.to_thread.run_sync(state.feedback.add, stored)  # 503 when unavailable
         state.rated(record)
         return FeedbackAck(
             id=record.id,
-            answer_id=record.answer_id,
+            answer_id=body.answer_id,
             rating=record.rating,
             question_stored=record.question is not None,
         )
@@ -149,6 +150,7 @@ def public_routes() -> APIRouter:
     """Probes and the widget's start-up config: no API key, no rate limit."""
     router = APIRouter(prefix="/api")
 
+    @router.head("/health", include_in_schema=False)
     @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(state: State) -> JSONResponse:
         """503 until the index is open and the assistant can answer (and while its server is down)."""
@@ -209,10 +211,15 @@ def health_response(state: ServerState, down: str | None = None) -> JSONResponse
     return JSONResponse(body.model_dump())
 
 
+def signed(answer: Answer, answer_ids: AnswerIds) -> Answer:
+    """The answer with the id clients see: signed, so feedback can name only given answers."""
+    return answer.model_copy(update={"answer_id": answer_ids.sign(answer.answer_id)})
+
+
 def log_question(settings: Settings, question: str) -> None:
     """The question text only when the operator opted in (``log_questions``); otherwise its length."""
     if settings.server.log_questions:
-        log.info("question: %r", question)
+        log.info("question: %r", question)  # repr: control characters escaped
     else:
         log.info("question received (%d chars)", len(question))
 
@@ -236,6 +243,7 @@ async def stream_events(
     history: list[Message],
     slots: anyio.CapacityLimiter | None,
     request_id: str,
+    answer_ids: AnswerIds,
     on_answer: Callable[[Answer], None] | None = None,
 ) -> AsyncIterator[JSONServerSentEvent]:
     """Pull ``Assistant.stream`` in worker threads; text pieces as ``delta``, then ``answer``."""
@@ -246,7 +254,7 @@ async def stream_events(
                 if on_answer is not None:
                     on_answer(item)
                 log_answer(item)
-                yield JSONServerSentEvent(item.to_dict(), event="answer")
+                yield JSONServerSentEvent(signed(item, answer_ids).to_dict(), event="answer")
             else:
                 yield JSONServerSentEvent({"text": item}, event="delta")
     except Exception as exc:

@@ -93,6 +93,8 @@ class ChatSession:
     def finish(self, question: str, answer: Answer) -> None:
         self.set_reply(render_answer(answer))
         self.answer_ids[len(self.shown) - 1] = answer.answer_id
+        if answer.status == Status.INVALID_INPUT:
+            return  # a refused message (too long, unreadable) never becomes context for later turns
         self.questions[answer.answer_id] = question
         self.history += [
             Message(role="user", content=question),
@@ -118,7 +120,7 @@ class ChatHandlers:
         if not question:
             yield session.shown, session, ""
             return
-        session.add_exchange(question)
+        session.add_exchange(question[: self.settings.policy.max_question_chars])  # shown; checked below
         refusal = self._refusal(request)
         if refusal:
             session.set_reply(refusal)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
@@ -156,9 +156,9 @@ class MeteredLimiter:
         return getattr(self.limiter, name)
 
 
-def metrics_routes(guard: Callable[..., None]) -> APIRouter:
-    """``GET /metrics`` in the Prometheus text format, behind ``guard`` (the API key when one is set)."""
-    router = APIRouter(include_in_schema=False, dependencies=[Depends(guard)])
+def metrics_routes() -> APIRouter:
+    """``GET /metrics`` in the Prometheus text format (``ApiKeyMiddleware`` guards it when a key is set)."""
+    router = APIRouter(include_in_schema=False)
 
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:

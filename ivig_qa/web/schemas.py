@@ -4,12 +4,13 @@
 # (their limits come from Settings) and FastAPI must see the real classes in signatures.
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
 from ivig_qa import __version__
 from ivig_qa.feedback import Rating
+from ivig_qa.policy.input import InputLimits, check_history, clean_question
 from ivig_qa.settings import Settings
 from ivig_qa.types import Message, SourceDocument
 
@@ -120,19 +121,20 @@ class FeedbackAck(BaseModel):
 
 
 def request_models(settings: Settings) -> type[BaseModel]:
-    """The ask request schema with the operator's limits in it (and so in the OpenAPI docs)."""
-    question_type = Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.policy.max_question_chars),
-    ]
-    content_type = Annotated[str, StringConstraints(max_length=settings.policy.max_history_message_chars)]
+    """The ask request schema, with the operator's limits shown in the OpenAPI docs.
+
+    The schema checks the shape (types, roles, no other fields); the limits themselves are
+    the domain's one input rule (``policy.input``), applied by ``checked``, so the API,
+    the chat and the Python API refuse exactly the same messages.
+    """
+    limits = input_limits(settings)
 
     class HistoryTurn(BaseModel):
         """One earlier message of the conversation."""
 
         model_config = ConfigDict(extra="forbid")
         role: Literal["user", "assistant"]
-        content: content_type  # type: ignore[valid-type]
+        content: str = Field(json_schema_extra={"maxLength": limits.max_history_message_chars})
 
     class AskRequest(BaseModel):
         """A question and the conversation so far (oldest first)."""
@@ -141,10 +143,20 @@ def request_models(settings: Settings) -> type[BaseModel]:
             extra="forbid",
             json_schema_extra={"examples": [{"question": "How often is IVIG given?", "history": []}]},
         )
-        question: question_type  # type: ignore[valid-type]
-        history: list[HistoryTurn] = Field(default_factory=list, max_length=settings.policy.max_history_turns)
+        question: str = Field(json_schema_extra={"minLength": 1, "maxLength": limits.max_question_chars})
+        history: list[HistoryTurn] = Field(
+            default_factory=list, json_schema_extra={"maxItems": limits.max_history_turns}
+        )
 
-        def turns(self) -> list[Message]:
-            return [Message(role=t.role, content=t.content) for t in self.history]
+        def checked(self) -> tuple[str, list[Message]]:
+            """The cleaned question and the turns, or ``InvalidQuestion`` naming the field."""
+            question = clean_question(self.question, limits.max_question_chars)
+            turns = [Message(role=t.role, content=t.content) for t in self.history]
+            return question, check_history(turns, limits)
 
     return AskRequest
+
+
+def input_limits(settings: Settings) -> InputLimits:
+    p = settings.policy
+    return InputLimits(p.max_question_chars, p.max_history_turns, p.max_history_message_chars)
