@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 from ivig_qa.assistant import Assistant
 from ivig_qa.bench.corpora import scale_corpus
 from ivig_qa.cli import app
+from ivig_qa.feedback import AnswerIds
 from ivig_qa.index import IndexStore
 from ivig_qa.settings import Settings
 from ivig_qa.testing import BackgroundServer, ChromaServer, quiet_env, script_path, settings_env, wait_until
@@ -266,13 +267,18 @@ async def fire(url: str, requests: list[tuple[str, dict]], concurrency: int) -> 
     return [r for r in responses if r is not None]
 
 
+BURST_SECRET = "burst-test-secret"
+SIGNER = AnswerIds(BURST_SECRET)  # the servers below sign answer ids with the same secret
+
+
 def feedback(answer_id: str) -> tuple[str, dict]:
-    return "/api/feedback", {"answer_id": answer_id, "rating": "up", "comment": "burst"}
+    """A rating for ``answer_id``, signed as the server signs the ids it hands out."""
+    return "/api/feedback", {"answer_id": SIGNER.sign(answer_id), "rating": "up", "comment": "burst"}
 
 
 def stored_answer_ids(db: Path) -> Counter[str]:
     with sqlite3.connect(db) as conn:
-        return Counter(row[0] for row in conn.execute("SELECT answer_id FROM feedback"))
+        return Counter(SIGNER.sign(row[0]) for row in conn.execute("SELECT answer_id FROM feedback"))
 
 
 @pytest.fixture
@@ -280,7 +286,9 @@ def burst_server(
     assistant: Assistant, session_settings: Settings, tmp_path: Path
 ) -> Iterator[tuple[str, Path]]:
     db = tmp_path / "feedback.sqlite3"
-    settings = session_settings.updated(**{"feedback_db": db, "rate_limit_per_minute": 30, "chat_ui": False})
+    settings = session_settings.updated(
+        **{"feedback_db": db, "rate_limit_per_minute": 30, "chat_ui": False, "answer_id_secret": BURST_SECRET}
+    )
     with BackgroundServer(create_app(settings, assistant=assistant), settings) as url:
         yield url, db
 
@@ -312,7 +320,14 @@ def test_a_burst_of_10000_requests_loses_nothing(
 
     # Without a rate limit every one of 1,000 concurrent ratings must land.
     free_db = tmp_path / "free.sqlite3"
-    free = session_settings.updated(**{"feedback_db": free_db, "rate_limit_per_minute": 0, "chat_ui": False})
+    free = session_settings.updated(
+        **{
+            "feedback_db": free_db,
+            "rate_limit_per_minute": 0,
+            "chat_ui": False,
+            "answer_id_secret": BURST_SECRET,
+        }
+    )
     with BackgroundServer(create_app(free, assistant=assistant), free) as free_url:
         ratings = [feedback(f"free-{i}") for i in range(1_000)]
         got = asyncio.run(fire(free_url, ratings, concurrency=64))
