@@ -38,6 +38,7 @@ from ivig_qa.evaluation.checks import (
     split_statements,
     unescaped_markup,
 )
+from ivig_qa.evaluation.concepts import ConceptRow, per_concept, reason_labels, reasons_on_wrong_status
 from ivig_qa.evaluation.dataset import CATEGORIES, EvalItem, Evidence, SetItem, TextRange
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.text import collapse_space, markers
@@ -123,6 +124,9 @@ class QuestionRecord(BaseModel):
     latency_ms: float | None
     first_token_ms: float | None = None  # streamed engines (LLM): time to the first generated token
     failures: list[str]
+    # Triage breakdown (evaluation/concepts.py): the item's concept and the answer's reasons.
+    concept: str = ""
+    reasons: list[str] = Field(default_factory=list, description="The answer's reasons, as id@layer.")
 
 
 class Metrics(BaseModel):
@@ -189,6 +193,9 @@ class EvalReport(BaseModel):
     metrics: Metrics
     per_category: dict[str, Metrics]
     records: list[QuestionRecord]
+    # Triage breakdown (evaluation/concepts.py).
+    per_concept: dict[str, ConceptRow] = Field(default_factory=dict)
+    reasons_on_wrong_status: dict[str, int] = Field(default_factory=dict)
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -331,6 +338,8 @@ class Evaluator:
             latency_ms=answer.timings_ms.get("total"),
             first_token_ms=answer.timings_ms.get("llm_first_token"),
             failures=[],
+            concept=item.concept,
+            reasons=reason_labels(answer.reasons),
         )
         record.failures = failure_reasons(record, item, self.k_final)
         return record
@@ -485,6 +494,8 @@ def run_evaluation(
         metrics=compute_metrics(records),
         per_category=per_category,
         records=records,
+        per_concept=per_concept(records),
+        reasons_on_wrong_status=reasons_on_wrong_status(records),
     )
 
 
