@@ -81,8 +81,9 @@ class Assistant:
         self.store = store
         self.retriever = retriever
         self.engine: AnswerEngine = make_engine(retriever, settings)
-        self.scope = ScopeChecker(retriever.vocabulary, lay_words())
         catalogue = Catalogue.load()
+        encode = store.embeddings.questions.embed_documents
+        self.scope = ScopeChecker(retriever.vocabulary, lay_words(), encode, catalogue.words)
         # Catalogue vectors are embedded once here; a message's clauses in one batch call.
         self.triager = Triager(
             catalogue, SemanticLayer(catalogue, store.embeddings.questions.embed_documents)
@@ -210,8 +211,10 @@ class Assistant:
         """Triage (both layers) and scope of the message, for ``decide``."""
         triage_text = correct_spelling(plain, self.known_words, self.preferred_words)
         known = {}
-        if standalone == words:  # the retrieval embedded this very message: reuse its vector
-            known[self.triager.semantic.core(retrieval.expanded_query)] = retrieval.query_vector
+        semantic = self.triager.semantic
+        query = retrieval.expanded_query.lower()
+        if semantic is not None and standalone == words and semantic.core(query) == query:
+            known[query] = retrieval.query_vector  # the retrieval embedded this very text: reuse it
         return Findings(
             message=triage_text,
             triage=self.triager.assess(triage_text, known),

@@ -12,12 +12,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from ivig_qa.policy.language import is_foreign_filler
 from ivig_qa.policy.normalise import english
+from ivig_qa.policy.semantic import Encoder, unit_rows
 from ivig_qa.policy.triage import Rules
 from ivig_qa.retrieval import Vocabulary
 from ivig_qa.text import STOPWORDS, WORD, fold, stem
 
+MAX_CACHED_WORDS = 20_000
 PRONOUNS = frozenset({"it", "its", "they", "them", "their", "this", "that", "these", "those"})
 LONG_MESSAGE_SENTENCES = 4
 LONG_MESSAGE_WORDS = 30  # a story of two or more sentences this long is context too
@@ -69,10 +73,38 @@ class Coverage:
 class ScopeChecker:
     """Finds the words of a question that name a subject the sources never mention."""
 
-    def __init__(self, vocabulary: Vocabulary, lay_terms: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        vocabulary: Vocabulary,
+        lay_terms: frozenset[str] = frozenset(),
+        encode: Encoder | None = None,
+        known: frozenset[str] = frozenset(),
+    ) -> None:
+        """``encode`` (the question encoder) turns on everyday subjects by meaning; ``known``:
+        more words that are never a subject (the red-flag catalogue's lay vocabulary)."""
         self.vocabulary = vocabulary
         self.lay_terms = lay_terms
+        self.known = known
         self.rules = Rules.load()
+        self.encode = encode
+        self._word_vectors: dict[str, np.ndarray] = {}
+        self._everyday = None
+        if encode is not None:
+            prototypes = [*sorted(self.rules.subject_words), *self.rules.everyday_categories]
+            self._everyday = unit_rows(encode(prototypes))
+
+    def everyday(self, words: list[str]) -> list[str]:
+        """The words that mean an everyday subject (close to a subject word or category)."""
+        if self._everyday is None or not words:
+            return []
+        missing = [w for w in words if w not in self._word_vectors]
+        if missing:
+            if len(self._word_vectors) > MAX_CACHED_WORDS:
+                self._word_vectors.clear()
+            self._word_vectors.update(zip(missing, unit_rows(self.encode(missing)), strict=True))  # type: ignore[misc]
+        vectors = np.stack([self._word_vectors[w] for w in words])
+        best = (vectors @ self._everyday.T).max(axis=1)
+        return [w for w, b in zip(words, best, strict=True) if b >= self.rules.everyday_min_similarity]
 
     def _covered(self, word: str) -> bool:
         return (
@@ -118,8 +150,21 @@ class ScopeChecker:
         """
         text = fold(question_part(question) if whole else question)
         unknown: list[str] = []
+        common: list[str] = []
         words = [p for w in WORD.findall(text) for p in re.split(r"-|'s?\b", w) if p]
         for bare in dict.fromkeys(words):
+            if (
+                len(bare) >= 3
+                and bare not in STOPWORDS
+                and bare not in self.rules.chat_words
+                and bare not in self.lay_terms
+                and bare not in self.known
+                and stem(bare) not in self.known
+                and bare not in self.rules.subject_words
+                and self._common(bare)
+                and not self._covered(bare)
+            ):
+                common.append(bare)
             if (
                 len(bare) < 3
                 or bare in STOPWORDS
@@ -132,6 +177,7 @@ class ScopeChecker:
             ):
                 continue
             unknown.append(bare)
+        unknown += self.everyday(common)
         for m in self.rules.quantity.finditer(text):
             unit = m.group(2)
             if (

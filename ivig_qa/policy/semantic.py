@@ -10,6 +10,7 @@ made; a message's clauses are embedded in one batch call.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ class SemanticHit:
         return self.similarity - self.counter
 
 
-def _unit(rows: list[list[float]]) -> np.ndarray:
+def unit_rows(rows: list[list[float]]) -> np.ndarray:
     m = np.asarray(rows, dtype=np.float32)
     return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
 
@@ -87,7 +88,7 @@ class SemanticLayer:
         self.pos_texts = pos_texts
         self.neg_texts = neg_texts
         texts = [self.core(t) for t in pos_texts + neg_texts]
-        vectors = _unit(encode(texts)) if texts else np.zeros((0, 1), dtype=np.float32)
+        vectors = unit_rows(encode(texts)) if texts else np.zeros((0, 1), dtype=np.float32)
         self.pos = vectors[: len(pos_texts)]
         self.neg = vectors[len(pos_texts) :]
         self.owner = np.asarray(owner, dtype=np.int64)
@@ -103,6 +104,29 @@ class SemanticLayer:
         self.min_margin = float(s["min_margin"])
         self.mild_min_margin = float(s["mild_min_margin"])
 
+    def without(self, concept_id: str) -> SemanticLayer:
+        """The layer without one concept's descriptions (leave-one-concept-out), no re-embedding."""
+        index = next(i for i, c in enumerate(self.catalogue.concepts) if c.id == concept_id)
+        other = self._keeping(np.flatnonzero(self.owner != index))
+        other.catalogue = self.catalogue.without(concept_id)
+        return other
+
+    def without_description(self, text: str) -> SemanticLayer:
+        """The layer without one description (leave-one-out over the catalogue's own examples)."""
+        return self._keeping(
+            np.asarray([i for i, t in enumerate(self.pos_texts) if t != text], dtype=np.int64)
+        )
+
+    def _keeping(self, keep: np.ndarray) -> SemanticLayer:
+        other = copy.copy(self)
+        other.pos = self.pos[keep]
+        other.owner = self.owner[keep]
+        other.pos_texts = [self.pos_texts[i] for i in keep]
+        urgent = np.asarray([other.catalogue.concepts[i].urgent for i in other.owner], dtype=bool)
+        other.red_rows = np.flatnonzero(urgent)
+        other.mild_rows = np.flatnonzero(~urgent)
+        return other
+
     def core(self, text: str) -> str:
         """What is compared: the text without context phrases (the whole text if little is left)."""
         core = self.catalogue.core(text.lower())
@@ -113,7 +137,7 @@ class SemanticLayer:
         known = known or {}
         cores = [self.core(t) for t in texts]
         missing = list(dict.fromkeys(c for c in cores if c not in known))
-        fresh = dict(zip(missing, _unit(self.encode(missing)), strict=True)) if missing else {}
+        fresh = dict(zip(missing, unit_rows(self.encode(missing)), strict=True)) if missing else {}
         if not cores:
             return np.zeros((0, self.pos.shape[1] if len(self.pos) else 1), dtype=np.float32)
         return np.stack([known[c] if c in known else fresh[c] for c in cores])

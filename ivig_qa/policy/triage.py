@@ -43,6 +43,8 @@ class Rules:
     common_min_count: int
     subject_words: frozenset[str]
     ivig_names: frozenset[str]
+    everyday_categories: tuple[str, ...]
+    everyday_min_similarity: float
     treatment_words: frozenset[str]
 
     @classmethod
@@ -59,6 +61,8 @@ class Rules:
             common_min_count=int(r["scope"]["common_word_min_count"]),
             subject_words=frozenset(r["scope"]["subject_words"]),
             ivig_names=frozenset(r["scope"]["ivig_names"]),
+            everyday_categories=tuple(r["scope"]["everyday_categories"]),
+            everyday_min_similarity=float(r["scope"]["everyday_min_similarity"]),
             treatment_words=frozenset(r["scope"]["treatment_words"]),
         )
 
@@ -140,7 +144,9 @@ class Triager:
                 detail=f"pattern {hit.index}: {hit.text}",
             )
             (red if hit.concept.urgent else mild).append(reason)
-        if self.semantic is not None:
+        # A general question or a symptom that has gone is answered whatever the semantic layer
+        # finds (its hits would be set aside), so its embedding is spared.
+        if self.semantic is not None and read not in (GENERAL, RESOLVED):
             parts = clauses(folded)
             vectors = self.semantic.embed(parts, dict(known or {}))
             for hit in self.semantic.best(parts, vectors):
@@ -161,6 +167,13 @@ class Triager:
             worded = self.catalogue.mild_wording.search(folded)
             if worded:
                 aside = Reason(id="triage.mild_wording", layer="pattern", detail=worded.group())
+                return self._not_urgent(mild, (*red, aside), read, why)
+            confident = float(self.catalogue.semantic["confident_similarity"])
+            named = [r for r in mild if r.layer == "pattern"]
+            red_best = max(r.score or 0.0 for r in red)
+            mild_best = max((r.score or 0.0 for r in mild if r.layer == "semantic"), default=0.0)
+            if named and red_best < confident and mild_best >= red_best:
+                aside = Reason(id="triage.mild_named", layer="pattern", detail=named[0].detail)
                 return self._not_urgent(mild, (*red, aside), read, why)
         if red and read in (GENERAL, RESOLVED):
             return Triage((), (), tuple(red), read, why)
