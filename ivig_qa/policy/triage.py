@@ -172,7 +172,10 @@ class Triager:
             named = [r for r in mild if r.layer == "pattern"]
             red_best = max(r.score or 0.0 for r in red)
             mild_best = max((r.score or 0.0 for r in mild if r.layer == "semantic"), default=0.0)
-            if named and red_best < confident and mild_best >= red_best:
+            # Only a single complaint: several together ("bad headache, keeps throwing up, wants
+            # the lights off") are how red flags present.
+            single = len(clauses(folded)) == 1
+            if named and single and red_best < confident and mild_best >= red_best:
                 aside = Reason(id="triage.mild_named", layer="pattern", detail=named[0].detail)
                 return self._not_urgent(mild, (*red, aside), read, why)
         if red and read in (GENERAL, RESOLVED):
