@@ -23,9 +23,9 @@ from ivig_qa.assistant import Assistant
 from ivig_qa.corpus import load_corpus
 from ivig_qa.feedback import FeedbackStore
 from ivig_qa.policy.wording import DISCLAIMER
+from ivig_qa.web.app import BackgroundServer, TokenBucketLimiter, create_app, progress_logger
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Status
-from ivig_qa.web.app import BackgroundServer, TokenBucketLimiter, create_app, progress_logger
 
 PORTAL = "https://portal.example.org"
 API_KEY = "test-key-9f2c"

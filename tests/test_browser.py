@@ -18,8 +18,8 @@ import pytest
 from ivig_qa.assistant import Assistant
 from ivig_qa.feedback import FeedbackStore
 from ivig_qa.policy.wording import DISCLAIMER
-from ivig_qa.settings import Settings
 from ivig_qa.web.app import BackgroundServer, create_app
+from ivig_qa.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(

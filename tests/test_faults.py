@@ -32,9 +32,9 @@ from ivig_qa.assistant import Assistant
 from ivig_qa.bench.runner import ChromaServer, quiet_env, scale_corpus, script_path, settings_env, wait_until
 from ivig_qa.cli import app
 from ivig_qa.index import IndexStore
+from ivig_qa.web.app import BackgroundServer, create_app
 from ivig_qa.settings import Settings
 from ivig_qa.types import Status
-from ivig_qa.web.app import BackgroundServer, create_app
 
 SMALL_DOCS = ("ivig-chronic-pain-review", "ivig-infantile-spasms")
 QUESTION = "How soon do infantile spasms respond to IVIG?"
