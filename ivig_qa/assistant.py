@@ -83,11 +83,12 @@ class Assistant:
         self.engine: AnswerEngine = make_engine(retriever, settings)
         catalogue = Catalogue.load()
         encode = store.embeddings.questions.embed_documents
-        self.scope = ScopeChecker(retriever.vocabulary, lay_words(), encode, catalogue.words)
-        # Catalogue vectors are embedded once here; a message's clauses in one batch call.
-        self.triager = Triager(
-            catalogue, SemanticLayer(catalogue, store.embeddings.questions.embed_documents)
-        )
+        # The catalogue's vectors are embedded once (kept beside the ONNX export, keyed by the
+        # model and the texts); a message's clauses are embedded in one batch call.
+        cache = settings.index.encoder_cache_dir
+        key = f"{retriever.manifest.embedding_model}:{settings.index.query_encoder}"
+        self.scope = ScopeChecker(retriever.vocabulary, lay_words(), encode, catalogue.words, cache, key)
+        self.triager = Triager(catalogue, SemanticLayer(catalogue, encode, cache, key))
         self.known_words = retriever.vocabulary.words | lay_words() | Rules.load().chat_words | STOPWORDS
         self.preferred_words = catalogue.words | retriever.vocabulary.words
         self.limits = InputLimits(

@@ -3,6 +3,8 @@ coverage, injections wrapped around a question, personal decisions, and reasons 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ivig_qa.assistant import Assistant
@@ -164,3 +166,21 @@ def test_decide_urgent_wins_over_everything() -> None:
     decision = decide(findings, Thresholds(0.33, 0.30))
     assert decision.status == Status.URGENT_CARE
     assert decision.reasons[0].id == "urgent.stroke"
+
+
+def test_catalogue_vectors_are_cached_by_model_and_texts(tmp_path: Path) -> None:
+    from ivig_qa.policy.semantic import encode_cached
+
+    calls: list[int] = []
+
+    def encode(texts: list[str]) -> list[list[float]]:
+        calls.append(len(texts))
+        return [[float(len(t)), 1.0] for t in texts]
+
+    first = encode_cached(["a", "bbb", "cc"], encode, tmp_path, "model-1")
+    again = encode_cached(["a", "bbb", "cc"], encode, tmp_path, "model-1")
+    assert (first == again).all() and sum(calls) == 3  # the second read the file
+    encode_cached(["a", "bbb", "cc"], encode, tmp_path, "model-2")
+    assert sum(calls) == 6 and len(list(tmp_path.glob("vectors-*.npy"))) == 2
+    assert abs(float((first**2).sum(axis=1)[1]) - 1.0) < 1e-6  # unit rows, in the texts' order
+    assert first[1, 0] > first[2, 0] > first[0, 0]

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ivig_qa.policy.language import is_foreign_filler
 from ivig_qa.policy.normalise import english
-from ivig_qa.policy.semantic import Encoder, unit_rows
+from ivig_qa.policy.semantic import Encoder, encode_cached, unit_rows
 from ivig_qa.policy.triage import Rules
 from ivig_qa.retrieval import Vocabulary
 from ivig_qa.text import STOPWORDS, WORD, fold, stem
@@ -79,6 +80,8 @@ class ScopeChecker:
         lay_terms: frozenset[str] = frozenset(),
         encode: Encoder | None = None,
         known: frozenset[str] = frozenset(),
+        cache: Path | None = None,
+        model_key: str = "",
     ) -> None:
         """``encode`` (the question encoder) turns on everyday subjects by meaning; ``known``:
         more words that are never a subject (the red-flag catalogue's lay vocabulary)."""
@@ -91,7 +94,7 @@ class ScopeChecker:
         self._everyday = None
         if encode is not None:
             prototypes = [*sorted(self.rules.subject_words), *self.rules.everyday_categories]
-            self._everyday = unit_rows(encode(prototypes))
+            self._everyday = encode_cached(prototypes, encode, cache, model_key)
 
     def everyday(self, words: list[str]) -> list[str]:
         """The words that mean an everyday subject (close to a subject word or category)."""

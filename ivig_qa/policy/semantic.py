@@ -11,9 +11,12 @@ made; a message's clauses are embedded in one batch call.
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +29,7 @@ _SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
 _CLAUSE = re.compile(r",\s+|\s+-+\s+|\s+(?:and|but|so|because|plus|then|also)\s+", re.IGNORECASE)
 MIN_CLAUSE_WORDS = 3
 MAX_CLAUSES = 8
+BATCH = 32  # texts per encoder call when embedding the catalogue
 
 
 def clauses(text: str) -> list[str]:
@@ -59,6 +63,41 @@ class SemanticHit:
         return self.similarity - self.counter
 
 
+def encode_cached(texts: list[str], encode: Encoder, cache: Path | None = None, key: str = "") -> np.ndarray:
+    """Unit vectors of many fixed texts (the catalogue's), read from ``cache`` when made before.
+
+    The file is named by a hash of ``key`` (the model's identity) and the texts, so an edited
+    catalogue or another model makes a new one. Texts are encoded in batches of similar length
+    (a batch is padded to its longest text). An unwritable cache folder only costs the time.
+    """
+    digest = hashlib.sha256("\x00".join([key, *texts]).encode()).hexdigest()[:16]
+    path = cache.expanduser() / f"vectors-{digest}.npy" if cache is not None else None
+    if path is not None and path.is_file():
+        try:
+            vectors = np.load(path)
+            if vectors.shape[0] == len(texts):
+                return vectors
+        except (OSError, ValueError):
+            pass
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    vectors = np.zeros((len(texts), 0), dtype=np.float32)
+    for start in range(0, len(order), BATCH):
+        rows = order[start : start + BATCH]
+        got = unit_rows(encode([texts[i] for i in rows]))
+        if not vectors.shape[1]:
+            vectors = np.zeros((len(texts), got.shape[1]), dtype=np.float32)
+        vectors[rows] = got
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial.npy")
+            np.save(partial, vectors)
+            partial.replace(path)
+        except OSError:
+            pass
+    return vectors
+
+
 def unit_rows(rows: list[list[float]]) -> np.ndarray:
     m = np.asarray(rows, dtype=np.float32)
     return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
@@ -73,7 +112,10 @@ class SemanticLayer:
     compared by their core (``Catalogue.core``: context phrases removed) on both sides.
     """
 
-    def __init__(self, catalogue: Catalogue, encode: Encoder) -> None:
+    def __init__(
+        self, catalogue: Catalogue, encode: Encoder, cache: Path | None = None, model_key: str = ""
+    ) -> None:
+        """``cache``/``model_key``: where the catalogue's vectors are kept between processes."""
         self.catalogue = catalogue
         self.encode = encode
         owner: list[int] = []
@@ -88,7 +130,9 @@ class SemanticLayer:
         self.pos_texts = pos_texts
         self.neg_texts = neg_texts
         texts = [self.core(t) for t in pos_texts + neg_texts]
-        vectors = unit_rows(encode(texts)) if texts else np.zeros((0, 1), dtype=np.float32)
+        vectors = (
+            encode_cached(texts, encode, cache, model_key) if texts else np.zeros((0, 1), dtype=np.float32)
+        )
         self.pos = vectors[: len(pos_texts)]
         self.neg = vectors[len(pos_texts) :]
         self.owner = np.asarray(owner, dtype=np.int64)
