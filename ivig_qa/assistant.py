@@ -28,11 +28,16 @@ from ivig_qa.policy import (
     decide,
     frame,
 )
+from ivig_qa.policy.decide import Findings
+from ivig_qa.policy.language import other_language
+from ivig_qa.policy.normalise import correct_spelling, normalise
+from ivig_qa.policy.red_flags import Catalogue
 from ivig_qa.policy.scope import ScopeChecker
-from ivig_qa.policy.triage import strip_injection
+from ivig_qa.policy.semantic import SemanticLayer
+from ivig_qa.policy.triage import Rules, Triager, has_injection, strip_injection
 from ivig_qa.retrieval import HybridRetriever, Retrieval, lay_words
 from ivig_qa.settings import Settings
-from ivig_qa.text import strip_markup
+from ivig_qa.text import STOPWORDS, strip_markup
 from ivig_qa.types import Answer, Decision, Message, Reason, Status
 
 if TYPE_CHECKING:
@@ -76,7 +81,16 @@ class Assistant:
         self.store = store
         self.retriever = retriever
         self.engine: AnswerEngine = make_engine(retriever, settings)
-        self.scope = ScopeChecker(retriever.vocabulary, lay_words())
+        catalogue = Catalogue.load()
+        encode = store.embeddings.questions.embed_documents
+        # The catalogue's vectors are embedded once (kept beside the ONNX export, keyed by the
+        # model and the texts); a message's clauses are embedded in one batch call.
+        cache = settings.index.encoder_cache_dir
+        key = f"{retriever.manifest.embedding_model}:{settings.index.query_encoder}"
+        self.scope = ScopeChecker(retriever.vocabulary, lay_words(), encode, catalogue.words, cache, key)
+        self.triager = Triager(catalogue, SemanticLayer(catalogue, encode, cache, key))
+        self.known_words = retriever.vocabulary.words | lay_words() | Rules.load().chat_words | STOPWORDS
+        self.preferred_words = catalogue.words | retriever.vocabulary.words
         self.limits = InputLimits(
             settings.policy.max_question_chars,
             settings.policy.max_history_turns,
@@ -150,14 +164,19 @@ class Assistant:
             yield self._answer(Status.INVALID_INPUT, str(exc), question, "", timer, reasons=[reason])
             return
         t = timer.started
-        words = self.retriever.vocabulary.normalise(strip_markup(strip_injection(text)))
+        clean = normalise(text)
+        plain = strip_markup(strip_injection(clean))
+        language = other_language(plain, self.known_words)
+        asked = language.english_part if language and language.english_part else plain
+        words = self.retriever.vocabulary.normalise(
+            correct_spelling(asked, self.known_words, self.preferred_words, english_fallback=False)
+        )
+        t = timer.lap("normalise", t)
         standalone = stage("condense", condense, words, turns, self.retriever.term_weight)
         t = timer.lap("condense", t)
         retrieval = stage("retrieve", self.retriever.retrieve, standalone)
         t = timer.lap("retrieve", t)
-        decision = stage(
-            "policy", decide, text, words, retrieval.best_similarity, self.scope, self.thresholds
-        )
+        decision = stage("policy", self._decide, clean, plain, words, standalone, retrieval, language)
         t = timer.lap("policy", t)
         found: Composition | None = None
         pieces: Iterator[str | Composition] = iter(())
@@ -197,10 +216,39 @@ class Assistant:
             reasons=list(decision.reasons),
         )
 
+    def _decide(
+        self, clean: str, plain: str, words: str, standalone: str, retrieval: Retrieval, language: object
+    ) -> Decision:
+        """The policy stage: what the message is (``_findings``), then the decision table."""
+        return decide(self._findings(clean, plain, words, standalone, retrieval, language), self.thresholds)
+
+    def _findings(
+        self, clean: str, plain: str, words: str, standalone: str, retrieval: Retrieval, language: object
+    ) -> Findings:
+        """Triage (both layers) and scope of the message, for ``decide``."""
+        triage_text = correct_spelling(plain, self.known_words, self.preferred_words)
+        known = {}
+        semantic = self.triager.semantic
+        query = retrieval.expanded_query.lower()
+        if semantic is not None and standalone == words and semantic.core(query) == query:
+            known[query] = retrieval.query_vector  # the retrieval embedded this very text: reuse it
+        return Findings(
+            message=triage_text,
+            triage=self.triager.assess(triage_text, known),
+            coverage=self.scope.coverage(words),
+            best_similarity=retrieval.best_similarity,
+            injection=has_injection(clean),
+            language=language,  # type: ignore[arg-type]
+            treatment=self.scope.names_treatment(words),
+        )
+
     def _shows_quotes(self, decision: Decision, retrieval: Retrieval) -> bool:
-        """Quotes back every answer but an out-of-scope one with nothing close enough to show."""
+        """Quotes back every answer but an out-of-scope one with nothing close enough to show
+        (and a reply to a message in another language, which retrieval cannot read)."""
         if decision.status != Status.NOT_IN_SOURCES:
             return True
+        if decision.language:
+            return False
         return retrieval.best_similarity >= self.thresholds.closest_passage_score
 
     def _history(self, history: HistoryLike | None) -> list[Message]:

@@ -133,6 +133,12 @@ class Decision:
     reasons: tuple[Reason, ...]
     unknown_terms: tuple[str, ...] = ()
     injection: bool = False
+    uncovered: tuple[str, ...] = ()
+    """Parts of the question the sources don't cover while the rest is answered."""
+    symptom: str = ""
+    """"mild": a symptom someone has now that is not a red flag; "past": one that has gone."""
+    language: str = ""
+    """The message's language (ISO 639-1, "und" when unsure) when it is mostly not English."""
 
 
 class Citation(BaseModel):

@@ -12,6 +12,7 @@ import numpy as np
 from rich import box
 from rich.table import Table
 
+from ivig_qa.evaluation.concepts import markdown_sections
 from ivig_qa.evaluation.runner import EvalReport, Metrics
 
 if TYPE_CHECKING:
@@ -132,15 +133,17 @@ def render_markdown(report: EvalReport) -> str:
             [[name, str(x.n), *[fmt(getattr(x, k)) for k, _ in checks]] for name, x in _rows(report)],
         ),
         "",
-        "## Failures",
-        "",
     ]
+    parts += markdown_sections(report.per_concept, report.reasons_on_wrong_status, _md_table)
+    parts += ["## Failures", ""]
     failing = [r for r in report.records if r.failures]
     if not failing:
         parts.append("None.")
     for r in failing:
         parts.append(f"- **`{r.id}`** ({r.category}, line {r.line}, status `{r.status}`)")
         parts += [f"  - {why}" for why in r.failures]
+        if not r.status_ok and r.reasons:
+            parts.append(f"  - reasons: {', '.join(f'`{x}`' for x in r.reasons)}")
     return "\n".join(parts) + "\n"
 
 

@@ -38,6 +38,7 @@ from ivig_qa.evaluation.checks import (
     split_statements,
     unescaped_markup,
 )
+from ivig_qa.evaluation.concepts import ConceptRow, per_concept, reason_labels, reasons_on_wrong_status
 from ivig_qa.evaluation.dataset import CATEGORIES, EvalItem, Evidence, SetItem, TextRange
 from ivig_qa.evaluation.focus import LOWER_IS_BETTER as FOCUS_LOWER_IS_BETTER
 from ivig_qa.evaluation.focus import FocusRecord, context_ranges, focus_metrics, score_focus
@@ -126,6 +127,9 @@ class QuestionRecord(BaseModel):
     first_token_ms: float | None = None  # streamed engines (LLM): time to the first generated token
     failures: list[str]
     focus: FocusRecord | None = Field(None, description="Quote precision, lead, length (focus.py).")
+    # Triage breakdown (evaluation/concepts.py): the item's concept and the answer's reasons.
+    concept: str = ""
+    reasons: list[str] = Field(default_factory=list, description="The answer's reasons, as id@layer.")
 
 
 class Metrics(BaseModel):
@@ -199,6 +203,9 @@ class EvalReport(BaseModel):
     metrics: Metrics
     per_category: dict[str, Metrics]
     records: list[QuestionRecord]
+    # Triage breakdown (evaluation/concepts.py).
+    per_concept: dict[str, ConceptRow] = Field(default_factory=dict)
+    reasons_on_wrong_status: dict[str, int] = Field(default_factory=dict)
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -344,6 +351,8 @@ class Evaluator:
             latency_ms=answer.timings_ms.get("total"),
             first_token_ms=answer.timings_ms.get("llm_first_token"),
             failures=[],
+            concept=item.concept,
+            reasons=reason_labels(answer.reasons),
         )
         record.focus = score_focus(loaded, answer.answer, answer.citations, self.documents, self.contexts)
         record.failures = failure_reasons(record, item, self.k_final) + focus_failures(record)
@@ -510,6 +519,8 @@ def run_evaluation(
         metrics=compute_metrics(records),
         per_category=per_category,
         records=records,
+        per_concept=per_concept(records),
+        reasons_on_wrong_status=reasons_on_wrong_status(records),
     )
 
 

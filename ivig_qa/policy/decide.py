@@ -1,15 +1,20 @@
 """The decision table: which kind of answer a message gets, and why.
 
-Decided before anything is composed, from the message and its retrieval, so a streamed
-answer is never replaced by a refusal at the end. Every outcome carries its reasons.
+Decided before anything is composed, from the message, its triage and its retrieval, so a
+streamed answer is never replaced by a refusal at the end. Every outcome carries its reasons.
+
+Order: a red flag someone is having (urgent care) → a message mostly in another language → a
+mild symptom now (answered, "tell your care team") → a personal decision → scope (not in the
+sources, or answered with the uncovered part named) → answered.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ivig_qa.policy.scope import ScopeChecker
-from ivig_qa.policy.triage import has_injection, is_personal, urgent_rule
+from ivig_qa.policy.language import Language
+from ivig_qa.policy.scope import Coverage
+from ivig_qa.policy.triage import RESOLVED, Triage, is_personal
 from ivig_qa.types import Decision, Reason, Status
 
 
@@ -21,27 +26,63 @@ class Thresholds:
     closest_passage_score: float
 
 
-def decide(
-    message: str, words: str, best_similarity: float, scope: ScopeChecker, thresholds: Thresholds
-) -> Decision:
-    """The status for ``message`` (``words``: its cleaned-up text; ``best_similarity``: the
-    closest quotable sentence's similarity to the question)."""
-    injection = has_injection(message)
-    noted = (Reason(id="injection.ignored", layer="pattern"),) if injection else ()
-    rule = urgent_rule(message)
-    if rule is not None:
-        return Decision(Status.URGENT_CARE, (Reason(id=rule, layer="pattern"), *noted), injection=injection)
-    unknown = tuple(scope.unknown_subjects(words))
-    close = best_similarity >= thresholds.min_support_score
-    closeness = Reason(id="scope.closest_sentence", layer="retrieval", score=round(best_similarity, 4))
-    unknown_reason = Reason(id="scope.unknown_terms", layer="scope", detail=", ".join(unknown))
+@dataclass(frozen=True)
+class Findings:
+    """Everything the decision reads, worked out by the assistant before composing."""
+
+    message: str
+    """The normalised message (spelling corrected)."""
+    triage: Triage
+    coverage: Coverage
+    best_similarity: float
+    injection: bool = False
+    language: Language | None = None
+    treatment: bool = True
+    """The message names IVIG or its treatment (``ScopeChecker.names_treatment``)."""
+
+
+def decide(f: Findings, thresholds: Thresholds) -> Decision:
+    """The status for the message, with the reasons behind it."""
+    noted = (Reason(id="injection.ignored", layer="injection"),) if f.injection else ()
+    closeness = Reason(id="scope.closest_sentence", layer="retrieval", score=round(f.best_similarity, 4))
+    if f.triage.is_urgent:
+        return Decision(Status.URGENT_CARE, (*f.triage.reasons, *noted), injection=f.injection)
+    close = f.best_similarity >= thresholds.min_support_score
+    if f.language is not None:
+        lang = Reason(
+            id="language.other",
+            layer="language",
+            score=round(f.language.confidence, 4),
+            detail=f.language.code,
+        )
+        if not f.language.english_part or not close or f.coverage.unknown:
+            return Decision(
+                Status.NOT_IN_SOURCES, (lang, *noted), injection=f.injection, language=f.language.code
+            )
+        return Decision(
+            Status.ANSWERED, (lang, closeness, *noted), injection=f.injection, language=f.language.code
+        )
+    if f.triage.is_mild:
+        return Decision(
+            Status.ANSWERED, (*f.triage.reasons, closeness, *noted), injection=f.injection, symptom="mild"
+        )
+    past = "past" if f.triage.reading == RESOLVED and f.triage.set_aside else ""
+    seen = f.triage.reasons
+    unknown = f.coverage.unknown
     # "should I stop my <unlisted drug> before IVIG?" is still a decision for the care team;
-    # "which crypto should I buy?" (unknown subject, nothing close) is simply not covered.
-    if is_personal(message) and (close or not unknown):
-        reasons = (Reason(id="personal.decision", layer="pattern"), closeness, *noted)
-        return Decision(Status.PERSONAL_ADVICE, reasons, unknown, injection)
+    # "which crypto should I buy?" (unknown subject, no treatment named) is simply not covered.
+    if is_personal(f.message) and (not unknown or (close and f.treatment)):
+        reasons = (Reason(id="personal.decision", layer="pattern"), *seen, closeness, *noted)
+        return Decision(Status.PERSONAL_ADVICE, reasons, unknown, f.injection)
+    unknown_reason = Reason(id="scope.unknown_terms", layer="scope", detail=", ".join(unknown))
     if unknown or not close:
-        reasons = (*((unknown_reason,) if unknown else ()), closeness, *noted)
-        return Decision(Status.NOT_IN_SOURCES, reasons, unknown, injection)
+        reasons = (*((unknown_reason,) if unknown else ()), *seen, closeness, *noted)
+        return Decision(Status.NOT_IN_SOURCES, reasons, unknown, f.injection)
+    if f.coverage.uncovered:
+        partial = Reason(id="scope.partial", layer="scope", detail=", ".join(f.coverage.uncovered))
+        reasons = (partial, *seen, closeness, *noted)
+        return Decision(
+            Status.ANSWERED, reasons, (), f.injection, uncovered=f.coverage.uncovered, symptom=past
+        )
     covered = Reason(id="scope.covered", layer="scope")
-    return Decision(Status.ANSWERED, (covered, closeness, *noted), (), injection)
+    return Decision(Status.ANSWERED, (covered, *seen, closeness, *noted), (), f.injection, symptom=past)

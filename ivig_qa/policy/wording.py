@@ -66,6 +66,29 @@ def care_team_questions(message: str) -> list[str]:
     return picked + responses()["general"]["questions"]
 
 
+def _language_reply(code: str) -> str:
+    replies = responses()["language"]
+    return replies.get(code) or replies["und"]
+
+
+def _answered_head(decision: Decision, generated: bool) -> str:
+    """The lines before an answered body: notes (injection, language, symptom, uncovered part) first."""
+    r = responses()
+    lines: list[str] = []
+    if decision.language:
+        lines.append(_language_reply(decision.language))
+        lines.append(r["language"]["english_part"])
+    if decision.injection:
+        lines.append(r["injection_note"])
+    if decision.symptom == "mild":
+        lines.append(r["symptom_mild"])
+    if decision.uncovered:
+        # The terms are letters and digits only (see text.WORD), so echoing them is safe.
+        lines.append(r["uncovered"].format(parts=", ".join(f"“{t}”" for t in decision.uncovered)))
+    lines.append(r["answered_generated" if generated else "answered"])
+    return "\n\n".join(lines)
+
+
 def frame(decision: Decision, message: str, titles: list[str], generated: bool = False) -> Frame:
     """The wording for ``decision``'s status (``message`` picks the care-team questions)."""
     r = responses()
@@ -75,6 +98,8 @@ def frame(decision: Decision, message: str, titles: list[str], generated: bool =
         asks = "\n".join(f"- {q}" for q in care_team_questions(message))
         return Frame(r["personal"], "\n\n", f"\n\n{r['personal_ask']}\n{asks}")
     if decision.status == Status.NOT_IN_SOURCES:
+        if decision.language:
+            return Frame(_language_reply(decision.language), "\n\n", "")
         if decision.unknown_terms:
             # The terms are letters and digits only (see text.WORD), so echoing them is safe.
             head = r["not_in_sources_terms"].format(terms=echoed_terms(decision.unknown_terms))
@@ -84,4 +109,5 @@ def frame(decision: Decision, message: str, titles: list[str], generated: bool =
             head = f"{r['injection']}\n\n{head}"
         covered = r["can_help"] + "\n" + "\n".join(f"- {t}" for t in titles)
         return Frame(head, f"\n\n{r['closest']}\n", f"\n\n{covered}")
-    return Frame(r["answered_generated" if generated else "answered"])
+    tail = f"\n\n{r['symptom_past']}" if decision.symptom == "past" else ""
+    return Frame(_answered_head(decision, generated), tail=tail)

@@ -1,0 +1,89 @@
+"""Other languages: is a message mostly not English, which language is it, and what is its English part?
+
+The sources are English, so a message mostly in another language gets a fixed reply (in that
+language where ``data/responses.toml`` has one) saying so, and any English part is answered.
+Language identification is py3langid's packaged model (offline, loaded on first need: an
+English message never loads it). Words of other languages inside an English message
+("hola, how often…") are filler, not a subject the sources lack (``is_foreign_filler``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+
+from ivig_qa.policy.normalise import english
+
+_WORDS = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
+_PIECES = re.compile(r"(?<=[.!?;:])\s+|\n+|(?<=,)\s+")
+MOSTLY = 0.5  # share of a message's words that are not English for it to count as another language
+MIN_CONFIDENCE = 0.8  # py3langid's normalised probability
+FILLER_LANGUAGES = ("es", "fr", "de", "pt", "it", "nl")
+FILLER_MIN_COUNT = 10_000  # a word this frequent in another language's word list is one of its common words
+
+
+@dataclass(frozen=True)
+class Language:
+    """A message's language (ISO 639-1 code) and its English part ("" when none)."""
+
+    code: str
+    confidence: float
+    english_part: str
+
+
+@cache
+def _identifier():  # py3langid has no type hints
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def _is_english(word: str, known: frozenset[str]) -> bool:
+    low = word.lower()
+    return low in known or english().word_frequency[low] >= 1 or (low.isascii() and len(low) <= 2)
+
+
+def english_share(text: str, known: frozenset[str] = frozenset()) -> float:
+    """Share of the words of ``text`` that are English (or known words: the sources', chat shorthand)."""
+    words = _WORDS.findall(text)
+    if not words:
+        return 1.0
+    return sum(_is_english(w, known) for w in words) / len(words)
+
+
+def identify(text: str) -> tuple[str, float]:
+    """py3langid's language code and confidence for ``text``."""
+    code, confidence = _identifier().classify(text)
+    return str(code), float(confidence)
+
+
+def other_language(text: str, known: frozenset[str] = frozenset()) -> Language | None:
+    """The message's language when it is mostly not English, else None.
+
+    Cheap first: a message whose words are mostly English never reaches the identifier.
+    """
+    if english_share(text, known) >= MOSTLY:
+        return None
+    code, confidence = identify(text)
+    if code == "en" or confidence < MIN_CONFIDENCE:
+        code = "und"  # not English, language unsure: the English wording
+    english_part = " ".join(
+        p for p in _PIECES.split(text) if len(_WORDS.findall(p)) >= 3 and english_share(p, known) >= 0.8
+    )
+    return Language(code, confidence, english_part.strip())
+
+
+@cache
+def _filler_lists() -> tuple:
+    from spellchecker import SpellChecker
+
+    return tuple(SpellChecker(language=code, distance=1) for code in FILLER_LANGUAGES)
+
+
+def is_foreign_filler(word: str) -> bool:
+    """A common word of another language and not of English ("hola", "bitte", "merci")."""
+    low = word.lower()
+    if english().word_frequency[low] >= 100:
+        return False
+    return any(lists.word_frequency[low] >= FILLER_MIN_COUNT for lists in _filler_lists())

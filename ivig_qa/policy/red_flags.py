@@ -1,0 +1,137 @@
+"""The red-flag catalogue (``data/red_flags.toml``) and its precise first layer, the patterns.
+
+A concept is a clinical sign with an id, a tier (``red_flag`` → urgent care, ``mild`` → answered
+with "tell your care team"), patterns, lay descriptions and "not this" neighbours. The
+semantic layer (``policy.semantic``) reads the descriptions; this module reads the patterns and
+the "now" / "general question" / "resolved" signals.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from functools import cache
+
+from ivig_qa import data
+from ivig_qa.text import TOKEN
+
+RED_FLAG = "red_flag"
+MILD = "mild"
+
+
+def _compile(patterns: list[str]) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(p, re.IGNORECASE) for p in patterns)
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One sign of the catalogue."""
+
+    id: str
+    tier: str
+    meaning: str
+    patterns: tuple[re.Pattern[str], ...]
+    descriptions: tuple[str, ...]
+    not_this: tuple[str, ...]
+
+    @property
+    def urgent(self) -> bool:
+        return self.tier == RED_FLAG
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Patterns and examples of one reading of a message ("now", "general", "resolved")."""
+
+    patterns: tuple[re.Pattern[str], ...]
+    examples: tuple[str, ...]
+
+    def search(self, text: str) -> re.Match[str] | None:
+        return next((m for p in self.patterns if (m := p.search(text))), None)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Every concept, the reading signals and the semantic layer's calibration."""
+
+    concepts: tuple[Concept, ...]
+    now: Signals
+    weak_now: Signals
+    resolved_unless: Signals
+    mild_wording: Signals
+    general: Signals
+    resolved: Signals
+    context: tuple[re.Pattern[str], ...]
+    semantic: dict[str, float]
+
+    @classmethod
+    @cache
+    def load(cls) -> Catalogue:
+        raw = data.load("red_flags.toml")
+        concepts = tuple(
+            Concept(
+                id=c["id"],
+                tier=c["tier"],
+                meaning=c["meaning"],
+                patterns=_compile(c.get("patterns", [])),
+                descriptions=tuple(c.get("descriptions", [])),
+                not_this=tuple(c.get("not_this", [])),
+            )
+            for c in raw["concept"]
+        )
+        signals = {
+            name: Signals(_compile(raw[name]["patterns"]), tuple(raw[name].get("examples", [])))
+            for name in ("now", "general", "resolved")
+        }
+        weak_now = Signals(_compile(raw["now"]["weak_patterns"]), ())
+        unless = Signals(_compile(raw["resolved"]["unless"]), ())
+        mild_wording = Signals(_compile(raw["mild_wording"]["patterns"]), ())
+        context = _compile(raw["context"]["patterns"])
+        return cls(
+            concepts,
+            weak_now=weak_now,
+            resolved_unless=unless,
+            mild_wording=mild_wording,
+            context=context,
+            semantic=dict(raw["semantic"]),
+            **signals,
+        )
+
+    def without(self, concept_id: str) -> Catalogue:
+        """The catalogue with one concept's lay descriptions removed (leave-one-concept-out)."""
+        kept = tuple(replace(c, descriptions=()) if c.id == concept_id else c for c in self.concepts)
+        return replace(self, concepts=kept)
+
+    def core(self, text: str) -> str:
+        """``text`` without its context phrases (when, after which treatment): the complaint itself."""
+        for pattern in self.context:
+            text = pattern.sub(" ", text)
+        return " ".join(text.split())
+
+    def concept(self, concept_id: str) -> Concept:
+        return next(c for c in self.concepts if c.id == concept_id)
+
+    @property
+    def words(self) -> frozenset[str]:
+        """Every word of the descriptions (typos are corrected towards these)."""
+        texts = [t for c in self.concepts for t in (*c.descriptions, *c.not_this, c.meaning)]
+        return frozenset(w for t in texts for w in TOKEN.findall(t.lower()) if w.isalpha())
+
+
+@dataclass(frozen=True)
+class PatternHit:
+    concept: Concept
+    index: int
+    text: str
+
+
+def pattern_hits(catalogue: Catalogue, text: str) -> list[PatternHit]:
+    """Each concept whose patterns match ``text`` (lower-cased, normalised), with the first pattern."""
+    hits: list[PatternHit] = []
+    for concept in catalogue.concepts:
+        for i, pattern in enumerate(concept.patterns):
+            m = pattern.search(text)
+            if m:
+                hits.append(PatternHit(concept, i, m.group()))
+                break
+    return hits
