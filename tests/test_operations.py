@@ -36,7 +36,7 @@ from typer.testing import CliRunner
 
 from ivig_qa.assistant import Assistant
 from ivig_qa.cli import app
-from ivig_qa.feedback import FeedbackStore
+from ivig_qa.feedback import AnswerIds, FeedbackStore
 from ivig_qa.feedback.report import parse_since
 from ivig_qa.index import IndexStore
 from ivig_qa.settings import Settings
@@ -56,6 +56,8 @@ from ivig_qa.web.limits import TokenBucketLimiter
 from ivig_qa.web.metrics import engine_kind
 
 SMALL_DOCS = ("ivig-chronic-pain-review", "ivig-infantile-spasms")
+SHARED_SECRET = "operations-test-secret"  # as every server behind one balancer would share
+
 QUESTION = "How soon do infantile spasms respond to IVIG?"
 URGENT = "My child had IVIG today and now has a stiff neck, a high fever and is very drowsy"
 OFF_TOPIC = "What is the best recipe for banana bread?"
@@ -222,7 +224,10 @@ def feedback_server(
     assistant: Assistant, session_settings: Settings, tmp_path: Path
 ) -> Iterator[tuple[str, Settings]]:
     settings = session_settings.updated(
-        feedback_db=tmp_path / "feedback.sqlite3", rate_limit_per_minute=0, chat_ui=False
+        feedback_db=tmp_path / "feedback.sqlite3",
+        rate_limit_per_minute=0,
+        chat_ui=False,
+        answer_id_secret=SHARED_SECRET,
     )
     with BackgroundServer(create_app(settings, assistant=assistant), settings) as url:
         yield url, settings
@@ -254,14 +259,15 @@ def test_feedback_report_shows_each_thumbs_down_with_what_the_answer_was_built_f
         ack = client.post(f"{url}/api/feedback", json={"answer_id": stream["answer_id"], "rating": "down"})
         assert ack.status_code == 201
         # An id this server never issued is stored too, without facts (another server, a restart).
-        stray = client.post(f"{url}/api/feedback", json={"answer_id": "elsewhere-1", "rating": "down"})
+        elsewhere = AnswerIds(SHARED_SECRET).sign("elsewhere-1")  # signed with the shared secret
+        stray = client.post(f"{url}/api/feedback", json={"answer_id": elsewhere, "rating": "down"})
         assert stray.status_code == 201
     assert urgent["status"] == Status.URGENT_CARE
 
     report = json.loads(run_cli(settings, "feedback", "--json"))
     assert (report["ratings"], report["up"], report["down"]) == (5, 1, 4)
     rows = {r["answer_id"]: r for r in report["down_rated"]}
-    assert set(rows) == {down["answer_id"], urgent["answer_id"], stream["answer_id"], "elsewhere-1"}
+    assert set(rows) == {down["answer_id"], urgent["answer_id"], stream["answer_id"], elsewhere}
     first = rows[down["answer_id"]]
     assert first["status"] == down["status"] and first["comment"] == "Too technical for a parent"
     assert first["reasons"] == [r["id"] for r in down["reasons"]]
@@ -269,7 +275,7 @@ def test_feedback_report_shows_each_thumbs_down_with_what_the_answer_was_built_f
     assert first["index_version"] == assistant.manifest.version and first["engine"] == down["engine"]
     assert rows[urgent["answer_id"]]["status"] == "urgent_care"
     assert rows[stream["answer_id"]]["sources"]  # a streamed answer's facts are kept as well
-    assert rows["elsewhere-1"]["status"] is None
+    assert rows[elsewhere]["status"] is None
     assert report["by_status"]["urgent_care"] == {"up": 0, "down": 1}
     assert report["by_index_version"][assistant.manifest.version]["down"] == 3
     assert "question" not in first  # log_questions is off: no question anywhere

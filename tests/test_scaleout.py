@@ -77,6 +77,7 @@ def test_two_app_servers_share_one_feedback_database_through_an_outage(
         feedback_db=tmp_path / "unused.sqlite3",  # never written: the database is configured
         rate_limit_per_minute=0,
         chat_ui=False,
+        answer_id_secret="scale-out-shared-secret",  # one secret behind one balancer
     )
     with ExitStack() as stack, httpx.Client(timeout=60) as client:
         servers = app_servers(settings, assistant, 2, stack)

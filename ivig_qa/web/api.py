@@ -75,9 +75,10 @@ def api_routes(settings: Settings) -> APIRouter:
         assistant = state.ready_assistant()
         log_question(state.settings, question)
         answer = await anyio.to_thread.run_sync(assistant.ask, question, turns, limiter=state.slots)
+        answer = signed(answer, answer_ids)  # the id the client sees is the id of record everywhere
         state.answered(answer, assistant)
         log_answer(answer)
-        return signed(answer, answer_ids)
+        return answer
 
     @router.post(
         "/ask", response_model=Answer, dependencies=[Depends(rate_limit)], summary="Answer a question"
@@ -130,11 +131,9 @@ def api_routes(settings: Settings) -> APIRouter:
     async def feedback(state: State, body: FeedbackIn) -> FeedbackAck:
         """Thumbs up/down on an answer (its ``answer_id`` as this server gave it), with an
         optional comment; 503 with ``Retry-After`` while the feedback database is unavailable."""
-        answer_id = answer_ids.verify(body.answer_id)
-        if answer_id is None:
+        if answer_ids.verify(body.answer_id) is None:
             raise InvalidQuestion("This is not the id of an answer this service gave.", field="answer_id")
-        stored = body.model_copy(update={"answer_id": answer_id})
-        record = await anyio.to_thread.run_sync(state.feedback.add, stored)  # 503 when unavailable
+        record = await anyio.to_thread.run_sync(state.feedback.add, body)  # 503 when unavailable
         state.rated(record)
         return FeedbackAck(
             id=record.id,
@@ -251,10 +250,11 @@ async def stream_events(
     try:
         while (item := await anyio.to_thread.run_sync(next, pieces, _DONE, limiter=slots)) is not _DONE:
             if isinstance(item, Answer):
+                item = signed(item, answer_ids)
                 if on_answer is not None:
                     on_answer(item)
                 log_answer(item)
-                yield JSONServerSentEvent(signed(item, answer_ids).to_dict(), event="answer")
+                yield JSONServerSentEvent(item.to_dict(), event="answer")
             else:
                 yield JSONServerSentEvent({"text": item}, event="delta")
     except Exception as exc:
