@@ -7,12 +7,12 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from ivig_qa import __version__
 from ivig_qa.assistant import Assistant
 from ivig_qa.settings import Settings
 from ivig_qa.web.api import API_KEY_HEADER, api_fallback, api_routes, public_routes
+from ivig_qa.web.cors import OriginLoggingCORSMiddleware
 from ivig_qa.web.errors import install_error_handlers, internal_error
 from ivig_qa.web.lifecycle import ServerState, default_loader, lifespan
 from ivig_qa.web.middleware import (
@@ -56,7 +56,7 @@ def create_app(
     app.state.ivig = state
     install_error_handlers(app)
     app.add_middleware(
-        CORSMiddleware,
+        OriginLoggingCORSMiddleware,
         allow_origins=settings.server.cors_origins,
         allow_methods=["GET", "POST"],
         allow_headers=["Content-Type", API_KEY_HEADER, REQUEST_ID_HEADER],
@@ -74,7 +74,11 @@ def create_app(
         from ivig_qa.web.chat import build_chat_app, mount_chat  # Gradio loads only when the chat is on
 
         chat = build_chat_app(
-            lambda: state.assistant, settings, limiter=state.limiter, feedback=state.feedback
+            lambda: state.assistant,
+            settings,
+            limiter=state.limiter,
+            feedback=state.feedback,
+            get_sources=lambda: state.sources,
         )
         mount_chat(app, chat)
     return app
