@@ -237,7 +237,10 @@ def test_chat_answers_with_each_source_named_once_and_read_in_context(
     assert DISCLAIMER_START in disclaimer.inner_text()
     assert in_viewport(page, disclaimer)
     assert page.evaluate("document.scrollingElement.scrollHeight") <= DESKTOP["height"] + 1  # one screen
+    # For the docs: a taller window shows the answer and its sources list.
+    page.set_viewport_size({"width": 1280, "height": 1250})
     page.locator('#ivig-chat [data-testid="user"]').last.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
     page.screenshot(path=str(artifacts_dir / "chat.png"))
 
     # Thumbs up is stored against the answer id, without the question (log_questions is off),
@@ -427,6 +430,8 @@ def test_pages_have_no_serious_wcag_violations(browser, site: str, where: str) -
         if where == "chat":
             open_chat(page, site)
             chat_ask(page, URGENT)
+            page.get_by_role("button", name="New conversation").click()
+            page.get_by_role("button", name="Keep it").wait_for(timeout=TIMEOUT_MS)
         elif where == "demo-widget-open":
             page.goto(f"{site}/demo")
             widget(page, ".launcher").click()

@@ -246,9 +246,9 @@
     var notice = el("div", { className: "notice", role: "alert" });
     notice.hidden = true;
     var examples = el("div", { className: "examples" });
+    log.appendChild(notice); // first: why the assistant cannot answer here, before anything else
     log.appendChild(intro);
     log.appendChild(covered);
-    log.appendChild(notice);
     log.appendChild(examples);
     var live = el("div", { className: "sr", "aria-live": "polite", "aria-atomic": "true" });
     var disclaimer = el("p", { className: "disclaimer", role: "note" }); // its text is built in (SERVED)
