@@ -361,24 +361,26 @@ def test_chat_works_on_a_phone(phone, site: str, artifacts_dir: Path) -> None:
     page.wait_for_function(f"() => ({TURNS_JS})() === 0")
 
 
-def test_chat_reflows_at_200_percent_zoom(browser, site: str, artifacts_dir: Path) -> None:
-    """1280 × 900 at 200 %: the conversation keeps at least half the window and the page scrolls."""
-    context, page = new_page(browser, {"width": 640, "height": 450}, device_scale_factor=2)
+@pytest.mark.parametrize("zoom", [2, 4], ids=["200%", "400%"])
+def test_chat_reflows_when_zoomed_in(browser, site: str, artifacts_dir: Path, zoom: int) -> None:
+    """1280 × 900 zoomed in: the conversation keeps at least half the window and the page scrolls down."""
+    width, height = 1280 // zoom, 900 // zoom
+    context, page = new_page(browser, {"width": width, "height": height}, device_scale_factor=zoom)
     try:
         open_chat(page, site)
         chat_ask(page, QUESTION)
         chat = page.locator("#ivig-chat").bounding_box()
-        assert chat["height"] >= 450 / 2
-        assert page.evaluate("document.scrollingElement.scrollHeight") > 450  # the page scrolls...
-        assert page.evaluate("document.scrollingElement.scrollWidth") <= 640  # ...down, not sideways
+        assert chat["height"] >= height / 2
+        assert page.evaluate("document.scrollingElement.scrollHeight") > height  # the page scrolls...
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= width  # ...down, not sideways
         # What the reader sees of the conversation once scrolled to it: at least half the window.
         page.locator("#ivig-chat").evaluate("e => e.scrollIntoView({block: 'start'})")
         shown = page.locator("#ivig-chat").evaluate(
             "e => { const r = e.getBoundingClientRect(); return Math.min(r.bottom, innerHeight) - Math.max(r.top, 0); }"
         )
-        assert shown >= 450 / 2
+        assert shown >= height / 2
         assert in_view(page.locator('#ivig-chat [data-testid="user"]').last)
-        page.screenshot(path=str(artifacts_dir / "chat-zoom-200.png"))
+        page.screenshot(path=str(artifacts_dir / f"chat-zoom-{zoom * 100}.png"))
     finally:
         context.close()
 

@@ -7,12 +7,13 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from ivig_qa import __version__
 from ivig_qa.assistant import Assistant
 from ivig_qa.settings import Settings
 from ivig_qa.web.api import API_KEY_HEADER, api_fallback, api_routes, public_routes
-from ivig_qa.web.cors import OriginLoggingCORSMiddleware
+from ivig_qa.web.cors import RefusedOriginLogMiddleware
 from ivig_qa.web.errors import install_error_handlers, internal_error
 from ivig_qa.web.lifecycle import ServerState, default_loader, lifespan
 from ivig_qa.web.middleware import (
@@ -56,7 +57,7 @@ def create_app(
     app.state.ivig = state
     install_error_handlers(app)
     app.add_middleware(
-        OriginLoggingCORSMiddleware,
+        CORSMiddleware,
         allow_origins=settings.server.cors_origins,
         allow_methods=["GET", "POST"],
         allow_headers=["Content-Type", API_KEY_HEADER, REQUEST_ID_HEADER],
@@ -64,6 +65,7 @@ def create_app(
         allow_credentials=False,
         max_age=600,
     )
+    app.add_middleware(RefusedOriginLogMiddleware, allowed=settings.server.cors_origins)
     app.add_middleware(CrashGuardMiddleware, respond=internal_error)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(public_routes())

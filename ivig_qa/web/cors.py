@@ -12,8 +12,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 from starlette.datastructures import Headers
-from starlette.middleware.cors import CORSMiddleware
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ivig_qa.web.middleware import request_logger
 
@@ -44,8 +43,16 @@ def same_origin(origin: str, host: str | None) -> bool:
     return bool(host) and urlsplit(origin).netloc.lower() == (host or "").lower()
 
 
-class OriginLoggingCORSMiddleware(CORSMiddleware):
-    """Starlette's CORS handling, plus one warning per origin whose request it refuses."""
+class RefusedOriginLogMiddleware:
+    """One warning per origin that the CORS policy (``allowed``) refuses; the request goes on unchanged.
+
+    A separate middleware next to Starlette's ``CORSMiddleware`` rather than a subclass:
+    Gradio looks for that exact class on the parent app to leave CORS to it.
+    """
+
+    def __init__(self, app: ASGIApp, *, allowed: list[str]) -> None:
+        self.app = app
+        self.allowed = set(allowed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -53,7 +60,8 @@ class OriginLoggingCORSMiddleware(CORSMiddleware):
             origin = headers.get("origin")
             if (
                 origin
-                and not self.is_allowed_origin(origin)
+                and origin not in self.allowed
+                and "*" not in self.allowed
                 and not same_origin(origin, headers.get("host"))
                 and first_time(origin)
             ):
@@ -62,7 +70,7 @@ class OriginLoggingCORSMiddleware(CORSMiddleware):
                     "(add it there to let that site use the assistant)",
                     _shown(origin),
                 )
-        await super().__call__(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def note_refused_frame(request: Request, allowed: list[str]) -> None:
