@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine (see README):
 #   make run   — install everything, build the index, start the chat on http://127.0.0.1:7860
-#   make test  — install everything (the LLM extra, Chromium for the browser tests, PostgreSQL and
-#                Redis for the scale-out tests too), run the tests and the eval gate
+#   make test  — install everything (the LLM extra, Chromium and axe-core for the browser tests,
+#                PostgreSQL and Redis for the scale-out tests too), run the tests and the eval gate
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -20,7 +20,11 @@ export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: install install-llm run index serve test eval lint browser services
+# axe-core (the accessibility checker the browser tests inject) lives in a git-ignored .npm/.
+AXE_VERSION := 4.14.1
+AXE := .npm/node_modules/axe-core/axe.min.js
+
+.PHONY: install install-llm run index serve test eval lint browser axe services
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +68,12 @@ services:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server) \
 		|| echo "warning: could not install PostgreSQL and Redis; the scale-out tests will be skipped"; }
 
+$(AXE):
+	@command -v npm >/dev/null 2>&1 || { echo "warning: npm not found; the axe-core checks will be skipped"; exit 0; }; \
+		npm install --prefix .npm --no-save --no-audit --no-fund --loglevel=error axe-core@$(AXE_VERSION)
+
+axe: $(AXE)
+
 lint: install
 	$(BIN)/ruff check ivig_qa tests ui.py
 	$(BIN)/ruff format --check ivig_qa tests ui.py
@@ -72,7 +82,7 @@ eval: install
 	$(BIN)/ivig-qa eval --set eval/questions.jsonl --baseline --out eval/reports/latest.md \
 		$(foreach t,$(EVAL_GATE),--fail-under $(t))
 
-test: install install-llm browser services
+test: install install-llm browser axe services
 	IVIG_QA_REQUIRE_LLM=1 $(BIN)/pytest -q
 	$(BIN)/ivig-qa eval --set eval/questions.jsonl --out test-artifacts/eval \
 		$(foreach t,$(EVAL_GATE),--fail-under $(t))

@@ -210,12 +210,15 @@ class BackgroundServer:
 
     ``with BackgroundServer(app) as url:`` returns once ``/api/health`` says ready (or,
     with ``wait_ready=False``, as soon as the port accepts connections) and stops on exit.
+    Pass ``port`` to come back on the port of a server stopped before (a restart).
     """
 
-    def __init__(self, app: FastAPI, settings: Settings | None = None, *, wait_ready: bool = True) -> None:
+    def __init__(
+        self, app: FastAPI, settings: Settings | None = None, *, wait_ready: bool = True, port: int = 0
+    ) -> None:
         from ivig_qa.web.app import uvicorn_config  # here: the web stack loads only when a server starts
 
-        config = uvicorn_config(app, settings or Settings(), host="127.0.0.1", port=0)
+        config = uvicorn_config(app, settings or Settings(), host="127.0.0.1", port=port)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="ivig-qa-server", daemon=True)
         self.wait_ready = wait_ready

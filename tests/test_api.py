@@ -253,7 +253,8 @@ def test_source_page_highlights_the_quoted_span(api: str, client: httpx.Client) 
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert f'<mark id="quote">{c.quote}</mark>' in r.text.replace("&#39;", "'")
     assert DISCLAIMER in r.text
-    assert "script-src 'none'" in r.headers["content-security-policy"]
+    # Scripts only from this origin's files (the page's "Back" button), never inline.
+    assert "script-src 'self';" in r.headers["content-security-policy"]
 
 
 # --- operator settings ------------------------------------------------------------------------------

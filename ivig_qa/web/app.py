@@ -17,6 +17,7 @@ from ivig_qa import __version__
 from ivig_qa.assistant import Assistant
 from ivig_qa.settings import Settings
 from ivig_qa.web.api import API_KEY_HEADER, PUBLIC_PATHS, api_fallback, api_routes, public_routes
+from ivig_qa.web.cors import RefusedOriginLogMiddleware
 from ivig_qa.web.errors import (
     body_too_large,
     gradio_refusal,
@@ -110,6 +111,7 @@ def create_app(
         frame_ancestors=server.cors_origins,
         eval_pages=["/"] if server.chat_enabled else [],
     )
+    app.add_middleware(RefusedOriginLogMiddleware, allowed=settings.server.cors_origins)
     app.add_middleware(CrashGuardMiddleware, respond=internal_error)
     app.add_middleware(RequestIdMiddleware)
     if state.metrics is not None:
@@ -132,6 +134,7 @@ def create_app(
             limiter=state.limiter,
             feedback=state.feedback,
             on_answer=state.answered,
+            get_sources=lambda: state.sources,
         )
         mount_chat(app, chat)
         guard_chat(app, chat_events(chat))

@@ -1,23 +1,30 @@
-"""The Gradio chat: streamed answers with their sources, examples, feedback and the disclaimer."""
+"""The Gradio chat: streamed answers with their sources, examples, feedback, restore and the disclaimer.
+
+The conversation also lives in the browser: after each answer the chat hands its finished
+turns (as JSON, in a hidden element) to ``/static/chat.js``, which keeps them in the tab's
+``sessionStorage`` and gives them back after a reload or a server restart. Nothing of a
+conversation is stored on the server.
+"""
 
 from __future__ import annotations
 
 import html
 import logging
 import math
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote
 
 import gradio as gr
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ivig_qa.feedback import FeedbackIn, FeedbackStore
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
-from ivig_qa.types import Answer, Citation, Message, Status
+from ivig_qa.types import Answer, Message, Status
+from ivig_qa.web.catalog import catalog
+from ivig_qa.web.chat_render import landing_markdown, md_answer, md_text, render_reply
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -26,9 +33,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CSS_FILE = Path(__file__).with_name("static") / "chat.css"
+STATIC_DIR = Path(__file__).with_name("static")
+CSS_FILE = STATIC_DIR / "chat.css"
 STARTING_TEXT = "The assistant is still starting (opening its sources). Please try again in a few seconds."
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
+# Gradio draws "Like"/"Dislike" as thumbs; the other options are the reasons under its flag button.
+REASONS = ("Did not answer my question", "Hard to understand", "Seems wrong or unsafe", "Something else")
+THANKS = "Thank you — your rating was saved."
+THANKS_DOWN = (
+    f"{THANKS} To tell us what was wrong, choose a reason with the “Feedback” (flag) button under the answer."
+)
+MAX_SAVED_TURNS = 100
 
 
 class Limiter(Protocol):
@@ -37,52 +51,62 @@ class Limiter(Protocol):
     def take(self, client: str) -> float: ...
 
 
-# --- escaping ---------------------------------------------------------------------------------
-# Everything shown that comes from a person or a source passes through ``md_text`` or
-# ``md_answer`` first, so HTML typed into a question is displayed, never run.
-def md_text(text: str) -> str:
-    """Literal text inside Markdown: HTML escaped, Markdown punctuation backslash-escaped."""
-    return html.escape(_MD_SPECIAL.sub(r"\\\1", text), quote=False)
+# --- the conversation as the browser keeps it ------------------------------------------------------
+class SavedCitation(BaseModel):
+    """What the sources list needs of a citation (the quote itself is in the answer text)."""
+
+    model_config = ConfigDict(extra="ignore")
+    n: int = Field(ge=0, le=999)
+    doc_id: str = Field(max_length=200)
+    title: str = Field(max_length=500)
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
 
 
-def md_answer(text: str) -> str:
-    """The answer's own Markdown (bold titles, bullets, ``[n]``) with any HTML in it escaped."""
-    return html.escape(text, quote=False).replace("`", "&#96;")
+class Turn(BaseModel):
+    """One finished exchange: the question and the answer as it was shown."""
 
+    model_config = ConfigDict(extra="ignore")
+    question: str = Field(max_length=8000)
+    status: Status
+    answer: str = Field(max_length=40_000)
+    answer_id: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
+    citations: list[SavedCitation] = Field(default_factory=list, max_length=60)
+    feedback: str | None = Field(None, max_length=100)
 
-def source_url(citation: Citation) -> str:
-    """The page that shows the quoted span highlighted in its source."""
-    return f"/sources/{quote(citation.doc_id, safe='')}?start={citation.start}&end={citation.end}#quote"
-
-
-def render_answer(answer: Answer) -> str:
-    """An answer as chat Markdown: urgent banner, text, then each source with its quote and link."""
-    parts: list[str] = []
-    if answer.status == Status.URGENT_CARE:
-        parts.append(
-            # The blank line ends the HTML block, so the answer below is still read as Markdown.
-            '<div class="ivig-urgent" role="alert"><strong>Urgent — get medical help now.</strong></div>\n\n'
+    @classmethod
+    def of(cls, question: str, answer: Answer) -> Turn:
+        cited = [SavedCitation.model_validate(c, from_attributes=True) for c in answer.citations]
+        return cls(
+            question=question,
+            status=answer.status,
+            answer=answer.answer,
+            answer_id=answer.answer_id,
+            citations=cited,
         )
-    parts.append(md_answer(answer.answer))
-    if answer.citations:
-        parts.append("\n\n**Sources**\n")
-        for c in answer.citations:
-            quote_text = " ".join(c.quote.split())
-            title, quoted = md_text(c.title), md_text(quote_text)
-            page = f", page {c.page}" if c.page else ""
-            parts.append(f"\n{c.n}. **{title}**{page} — “{quoted}” [Read in context]({source_url(c)})")
-    return "".join(parts)
+
+
+class Conversation(BaseModel):
+    turns: list[Turn] = Field(default_factory=list, max_length=MAX_SAVED_TURNS)
 
 
 # --- per-tab state --------------------------------------------------------------------------------
 @dataclass
 class ChatSession:
-    """One browser tab's conversation: what is shown, what the assistant sees, answer ids."""
+    """One browser tab's conversation: what is shown, the finished turns, answer ids by message."""
 
     shown: list[dict[str, str]] = field(default_factory=list)
-    history: list[Message] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
     answer_ids: dict[int, str] = field(default_factory=dict)
-    questions: dict[str, str] = field(default_factory=dict)
+
+    def history(self) -> list[Message]:
+        """What the assistant sees of the conversation (for follow-up questions)."""
+        return [
+            m
+            for t in self.turns
+            if t.status != Status.INVALID_INPUT  # a refused message never becomes context for later turns
+            for m in (Message(role="user", content=t.question), Message(role="assistant", content=t.answer))
+        ]
 
     def add_exchange(self, question: str) -> None:
         self.shown += [{"role": "user", "content": md_text(question)}, {"role": "assistant", "content": ""}]
@@ -90,27 +114,36 @@ class ChatSession:
     def set_reply(self, text: str) -> None:
         self.shown[-1] = {"role": "assistant", "content": text}
 
-    def finish(self, question: str, answer: Answer) -> None:
-        self.set_reply(render_answer(answer))
-        self.answer_ids[len(self.shown) - 1] = answer.answer_id
-        if answer.status == Status.INVALID_INPUT:
-            return  # a refused message (too long, unreadable) never becomes context for later turns
-        self.questions[answer.answer_id] = question
-        self.history += [
-            Message(role="user", content=question),
-            Message(role="assistant", content=answer.answer),
-        ]
+    def add_turn(self, turn: Turn, rendered: str) -> None:
+        self.set_reply(rendered)
+        self.answer_ids[len(self.shown) - 1] = turn.answer_id
+        self.turns.append(turn)
+
+    def turn_of(self, answer_id: str) -> Turn | None:
+        return next((t for t in self.turns if t.answer_id == answer_id), None)
+
+    def saved(self) -> str:
+        """The finished turns as JSON, for the browser to keep ("" when there are none)."""
+        return Conversation(turns=self.turns[-MAX_SAVED_TURNS:]).model_dump_json() if self.turns else ""
 
 
 @dataclass
 class ChatHandlers:
-    """The chat's event handlers, bound to the assistant, settings, limiter and feedback store."""
+    """The chat's event handlers, bound to the assistant, sources, settings, limiter and feedback store."""
 
     get_assistant: Callable[[], Assistant | None]
+    get_sources: Callable[[], Mapping[str, Any]]
     settings: Settings
     limiter: Limiter
     feedback: FeedbackStore
     on_answer: Callable[[Answer], None] | None = None  # the server's hook (feedback facts, metrics)
+
+    def metadata_of(self, doc_id: str) -> Mapping[str, Any] | None:
+        view = self.get_sources().get(doc_id)
+        return getattr(view, "metadata", None)
+
+    def render(self, turn: Turn) -> str:
+        return render_reply(turn.status, turn.answer, turn.citations, self.metadata_of)
 
     def respond(
         self, question: str, session: ChatSession, request: gr.Request
@@ -135,10 +168,11 @@ class ChatHandlers:
             log.info("chat question: %r", question)
         yield session.shown, session, ""
         text = ""
-        history = session.history[-self.settings.policy.max_history_turns :]
+        history = session.history()[-self.settings.policy.max_history_turns :]
         for piece in assistant.stream(question, history):
             if isinstance(piece, Answer):
-                session.finish(question, piece)
+                turn = Turn.of(question, piece)
+                session.add_turn(turn, self.render(turn))
                 if self.on_answer is not None:
                     self.on_answer(piece)
                 log.info("chat answer %s status=%s", piece.answer_id, piece.status.value)
@@ -156,27 +190,87 @@ class ChatHandlers:
             return f"You have asked many questions in a short time. Please wait {seconds} s and try again."
         return None
 
-    def rate(self, session: ChatSession, data: gr.LikeData) -> None:
-        """Thumbs up/down on an answer, stored with its answer id (question only if allowed)."""
+    def restore(self, saved: str, session: ChatSession) -> tuple[Any, ChatSession, str]:
+        """Rebuild a conversation the browser kept (after a reload or a server restart).
+
+        Only into an empty session, so a restore arriving late never overwrites new turns;
+        what comes back is validated and re-rendered here, never shown as the browser sent it.
+        """
+        if session.turns or not saved:
+            return gr.skip(), session, gr.skip()
+        try:
+            turns = Conversation.model_validate_json(saved).turns
+        except ValidationError:
+            log.warning("ignored a saved conversation that does not validate")
+            return gr.skip(), session, saved_html(session)
+        fresh = ChatSession()
+        for turn in turns:
+            fresh.add_exchange(turn.question)
+            fresh.add_turn(turn, self.render(turn))
+        value = gr.Chatbot(value=fresh.shown, feedback_value=[t.feedback for t in turns])
+        return value, fresh, saved_html(fresh)
+
+    def rate(self, session: ChatSession, data: gr.LikeData) -> tuple[str, ChatSession]:
+        """Thumbs up/down or a reason on an answer, stored with its answer id (question only if allowed)."""
         index = data.index if isinstance(data.index, int) else data.index[0]
         answer_id = session.answer_ids.get(index)
-        if answer_id is None or data.liked is None:
-            return
-        rating = "up" if data.liked is True else "down"
-        comment = data.liked if isinstance(data.liked, str) else None
+        liked = data.liked
+        if answer_id is None or liked is None:
+            return gr.skip(), session
+        if liked is True or liked == "Like":
+            rating, comment, note = "up", None, THANKS
+        elif liked is False or liked == "Dislike":
+            rating, comment, note = "down", None, THANKS_DOWN
+        elif isinstance(liked, str) and liked in REASONS:
+            rating, comment, note = "down", liked, f"Thank you — we noted “{liked}”."
+        else:  # a thumb taken back: nothing to store
+            return gr.skip(), session
+        turn = session.turn_of(answer_id)
+        value = liked if isinstance(liked, str) else ("Like" if rating == "up" else "Dislike")
+        if turn is not None:
+            if turn.feedback == value:  # Gradio may send one choice twice: store it once
+                return gr.skip(), session
+            turn.feedback = value
         self.feedback.add(
             FeedbackIn(
-                answer_id=answer_id, rating=rating, comment=comment, question=session.questions.get(answer_id)
+                answer_id=answer_id,
+                rating=rating,
+                comment=comment,
+                question=turn.question if turn is not None else None,
             )
         )
+        return note_html(note), session
+
+    def landing(self) -> Any:
+        """The empty conversation's placeholder, naming the sources once they are loaded."""
+        return gr.Chatbot(placeholder=landing_markdown(catalog(self.get_sources())))
 
     @staticmethod
     def pick_example(data: gr.SelectData) -> str:
         value: Any = data.value
         return value.get("text", "") if isinstance(value, dict) else str(value)
 
+    @staticmethod
+    def save(session: ChatSession) -> str:
+        return saved_html(session)
 
-# --- layout ---------------------------------------------------------------------------------------
+    @staticmethod
+    def clear() -> tuple[list[dict[str, str]], ChatSession, str, Any, str]:
+        """A fresh conversation (the browser's copy is dropped when the saved element empties)."""
+        fresh = ChatSession()
+        return [], fresh, saved_html(fresh), gr.Row(visible=False), note_html("The conversation was cleared.")
+
+
+# --- small HTML pieces ------------------------------------------------------------------------------
+def saved_html(session: ChatSession) -> str:
+    """The hidden element ``chat.js`` reads the finished turns from."""
+    return f'<div class="ivig-saved" data-conversation="{html.escape(session.saved(), quote=True)}"></div>'
+
+
+def note_html(text: str) -> str:
+    return f'<p class="ivig-note-text">{html.escape(text)}</p>' if text else ""
+
+
 def _header_html(settings: Settings) -> str:
     return (
         f'<div class="ivig-header"><h1>{html.escape(settings.server.app_title)}</h1>'
@@ -190,6 +284,7 @@ def _disclaimer_html() -> str:
     return f'<div class="ivig-disclaimer-text" role="note"><strong>Please note:</strong> {text}</div>'
 
 
+# --- layout ---------------------------------------------------------------------------------------
 def build_chat_app(
     get_assistant: Callable[[], Assistant | None],
     settings: Settings,
@@ -197,22 +292,36 @@ def build_chat_app(
     limiter: Limiter,
     feedback: FeedbackStore,
     on_answer: Callable[[Answer], None] | None = None,
+    get_sources: Callable[[], Mapping[str, Any]] = dict,
 ) -> gr.Blocks:
-    """The chat as a Gradio Blocks app, using the server's assistant, rate limiter and feedback store.
+    """The chat as a Gradio Blocks app on the server's assistant, sources, rate limiter and feedback store.
 
     ``get_assistant`` returns ``None`` while the server is still opening the index, so the
-    chat can be mounted before start-up finishes.
+    chat can be mounted before start-up finishes; ``get_sources`` gives the source views
+    (their metadata names each source's kind and publisher).
     """
     handlers = ChatHandlers(
         get_assistant=get_assistant,
+        get_sources=get_sources,
         settings=settings,
         limiter=limiter,
         feedback=feedback,
         on_answer=on_answer,
     )
+    private: dict[str, Any] = {"api_visibility": "private"}
     with gr.Blocks(title=settings.server.app_title, fill_height=True, analytics_enabled=False) as app:
         session = gr.State(ChatSession())
-        gr.HTML(_header_html(settings), elem_id="ivig-header", js_on_load=None)
+        with gr.Row(elem_id="ivig-top", equal_height=False):
+            gr.HTML(_header_html(settings), elem_id="ivig-header", js_on_load=None)
+            new = gr.Button("New conversation", elem_id="ivig-new", size="sm", scale=0, min_width=0)
+        with gr.Row(elem_id="ivig-confirm", visible=False) as confirm:
+            gr.HTML(
+                "<p>Start a new conversation? The questions and answers on this page will be cleared.</p>",
+                elem_id="ivig-confirm-text",
+                js_on_load=None,
+            )
+            clear = gr.Button("Clear the conversation", elem_id="ivig-clear", size="sm", variant="stop")
+            keep = gr.Button("Keep it", elem_id="ivig-keep", size="sm")
         chatbot = gr.Chatbot(
             elem_id="ivig-chat",
             label="Conversation",
@@ -222,16 +331,18 @@ def build_chat_app(
             min_height=240,
             layout="bubble",
             examples=[{"text": q} for q in settings.server.example_questions],
-            placeholder="Ask a question about IVIG, or pick an example.",
-            feedback_options=("Like", "Dislike"),
+            placeholder=landing_markdown([]),
+            feedback_options=("Like", "Dislike", *REASONS),
             buttons=["copy"],
             sanitize_html=True,
             allow_tags=False,
             latex_delimiters=[],
-            autoscroll=True,
+            autoscroll=False,  # chat.js brings the start of each new answer into view instead
         )
+        note = gr.HTML("", elem_id="ivig-note", js_on_load=None)
         box = gr.Textbox(
             elem_id="ivig-question",
+            label="Your question",
             show_label=False,
             placeholder="Type your question…",
             max_lines=4,
@@ -240,23 +351,26 @@ def build_chat_app(
             autofocus=True,
         )
         gr.HTML(_disclaimer_html(), elem_id="ivig-disclaimer", js_on_load=None)
+        saved = gr.HTML("", elem_id="ivig-saved", visible="hidden", js_on_load=None)
+        restore = gr.Textbox(elem_id="ivig-restore", visible="hidden", label="Saved conversation")
 
         # Private: the JSON API under /api (with its key and limits) is the programmatic way in.
         outputs = [chatbot, session, box]
         slots = settings.server.max_concurrent_answers
         box.submit(
-            handlers.respond,
-            [box, session],
-            outputs,
-            api_name="chat",
-            api_visibility="private",
-            concurrency_limit=slots,
+            handlers.respond, [box, session], outputs, api_name="chat", concurrency_limit=slots, **private
+        ).then(handlers.save, [session], saved, **private)
+        chatbot.example_select(handlers.pick_example, None, box, **private).then(
+            handlers.respond, [box, session], outputs, concurrency_limit=slots, **private
+        ).then(handlers.save, [session], saved, **private)
+        chatbot.like(handlers.rate, [session], [note, session], **private).then(
+            handlers.save, [session], saved, **private
         )
-        chatbot.example_select(handlers.pick_example, None, box, api_visibility="private").then(
-            handlers.respond, [box, session], outputs, api_visibility="private", concurrency_limit=slots
-        )
-        chatbot.like(handlers.rate, [session], None, api_visibility="private")
-        chatbot.clear(ChatSession, None, session, api_visibility="private")  # a fresh conversation
+        restore.change(handlers.restore, [restore, session], [chatbot, session, saved], **private)
+        new.click(lambda: gr.Row(visible=True), None, confirm, **private)
+        keep.click(lambda: gr.Row(visible=False), None, confirm, **private)
+        clear.click(handlers.clear, None, [chatbot, session, saved, confirm, note], **private)
+        app.load(handlers.landing, None, chatbot, **private)
     return app
 
 
@@ -267,13 +381,14 @@ def chat_css() -> str:
 def mount_chat(app: FastAPI, blocks: gr.Blocks) -> None:
     """Mount the chat at ``/`` of the API server (call it after adding the API routes: ``/`` catches all).
 
-    Gradio 6 takes CSS and theme at mount/launch time, not in the Blocks constructor.
+    Gradio 6 takes CSS and theme at mount/launch time, not in the Blocks constructor. The
+    chat's script is a file under ``/static`` (no inline script), loaded through ``head``.
     """
     gr.mount_gradio_app(
         app,
         blocks,
         path="/",
-        head=f"<style>{chat_css()}</style>",  # as is: Gradio would scope ``css`` inside the app
+        head=f'<style>{chat_css()}</style><script src="/static/chat.js" defer></script>',
         footer_links=[],
         run_history=False,
         show_error=False,
@@ -282,4 +397,4 @@ def mount_chat(app: FastAPI, blocks: gr.Blocks) -> None:
     )
 
 
-__all__ = ["ChatSession", "build_chat_app", "md_answer", "md_text", "mount_chat", "render_answer"]
+__all__ = ["ChatSession", "Conversation", "Turn", "build_chat_app", "mount_chat"]
