@@ -30,7 +30,7 @@ from ivig_qa.settings import Settings
 from ivig_qa.testing import BackgroundServer, settings_env
 from ivig_qa.types import Answer, SourceDocument, Status
 from ivig_qa.web.app import create_app
-from ivig_qa.web.chat import render_answer
+from ivig_qa.web.chat_render import render_reply
 
 HEADER = "Riverside Clinic · Immunology day unit · patient leaflet IM-07"
 
@@ -425,7 +425,8 @@ def test_server_reports_problems_shows_pages_and_serves_the_original(
 ) -> None:
     answer = formats_assistant.ask("will the nurse phone me after my first home infusion?")
     c = next(c for c in answer.citations if c.doc_id == "scig-leaflet")
-    assert f"**Subcutaneous immunoglobulin at home**, page {c.page} —" in render_answer(answer)
+    shown = render_reply(answer.status, answer.answer, answer.citations, lambda _doc_id: None)
+    assert f"\\[{c.n}\\] (page {c.page})" in shown
     with BackgroundServer(create_app(formats_corpus, assistant=formats_assistant)) as url:
         health = httpx.get(f"{url}/api/health", timeout=30).json()
         assert {p.split(": ", 1)[0] for p in health["problems"]} == set(PROBLEM_FILES)

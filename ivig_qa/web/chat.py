@@ -61,6 +61,7 @@ class SavedCitation(BaseModel):
     title: str = Field(max_length=500)
     start: int = Field(ge=0)
     end: int = Field(ge=0)
+    page: int | None = Field(None, ge=1)
 
 
 class Turn(BaseModel):

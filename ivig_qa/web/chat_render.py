@@ -37,7 +37,9 @@ def sources_markdown(citations: Iterable[Cited], metadata_of: MetadataOf) -> str
     lines = ["**Sources**", ""]
     for doc_id, cited in by_document(citations):
         info: SourceInfo = source_info(doc_id, metadata_of(doc_id), cited[0])
-        markers = " ".join(f"\\[{c.n}\\]" for c in cited)
+        markers = " ".join(
+            f"\\[{c.n}\\]" + (f" (page {c.page})" if getattr(c, "page", None) else "") for c in cited
+        )
         # chat.js adds ", opens a new tab" to the link's name (Gradio's sanitizer drops aria-label).
         link = f"[Read “{md_text(info.title)}” in context]({source_path(doc_id, cited)})"
         entry = f"- {markers} {link}"
