@@ -24,12 +24,11 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 from rank_bm25 import BM25Okapi
-from spellchecker import SpellChecker
 
 from ivig_qa import data
 from ivig_qa.index import IndexStore, Manifest
 from ivig_qa.settings import Settings
-from ivig_qa.text import STOPWORDS, TOKEN, stem, tokenize
+from ivig_qa.text import STOPWORDS, TOKEN, english, stem, tokenize
 from ivig_qa.types import Chunk, ScoredPassage
 
 
@@ -51,14 +50,15 @@ def lay_words() -> frozenset[str]:
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9']*")
 
 
-@cache
-def _english() -> SpellChecker:
-    return SpellChecker(distance=1)
+@lru_cache(maxsize=4096)
+def _english_correction(word: str) -> str | None:
+    """English's own correction of a misspelling (a dictionary edit search: ~2 ms, so budgeted)."""
+    return english().correction(word)
 
 
 def is_english(word: str) -> bool:
     """A common English word (as often as the scope check counts as common): never a typo."""
-    return _english().word_frequency[word] >= data.load("triage.toml")["scope"]["common_word_min_count"]
+    return english().word_frequency[word] >= data.load("triage.toml")["scope"]["common_word_min_count"]
 
 
 class Vocabulary:
@@ -75,6 +75,7 @@ class Vocabulary:
     MAX_TYPO_DELETES = 2  # a typo and the word it meant share a spelling with ≤ 2 letters dropped each
     MAX_CORRECTED_CHARS = 24  # longer words are never corrected (no source word is half as long again)
     LOOKUPS_PER_TEXT = 24  # unknown words looked up per normalised text; the rest stay as typed
+    ENGLISH_LOOKUPS_PER_TEXT = 3  # of which asked of the English dictionary too (the costly search)
     CACHED_WORDS = 8192
 
     @classmethod
@@ -156,7 +157,7 @@ class Vocabulary:
                 continue
             else:
                 lookups += 1
-                english = _english().correction(low)
+                english = _english_correction(low) if lookups <= self.ENGLISH_LOOKUPS_PER_TEXT else None
                 if english and english != low and (english in self or english[:-2] in self.words):
                     fixed = english
                 else:

@@ -6,6 +6,8 @@ One home for them, so retrieval, policy, engines and evaluation agree on what a 
 from __future__ import annotations
 
 import re
+from functools import cache
+from typing import Any
 
 # fmt: off
 STOPWORDS = frozenset(
@@ -93,3 +95,11 @@ def answer_sentences(line: str) -> list[str]:
         last = m.end()
     parts.append(line[last:])
     return [p.strip() for p in parts if p.strip()]
+
+
+@cache
+def english() -> Any:
+    """The English word list (pyspellchecker's frequency dictionary, edit distance 1), loaded once."""
+    from spellchecker import SpellChecker
+
+    return SpellChecker(distance=1)

@@ -28,11 +28,11 @@ import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from importlib.metadata import version
 from typing import Any
 
 from ivig_qa.formats.base import Extracted, Format, FormatError, TextBuilder, collapse
+from ivig_qa.text import english
 
 EDGE_LINES = 3  # lines at the top and at the bottom of a page where headers and footers sit
 REPEAT_SHARE = 0.5  # an edge line on at least this share of the pages is a running header/footer
@@ -134,13 +134,6 @@ def _edge_key(text: str) -> str:
     return re.sub(r"\d+", "#", text.lower())
 
 
-@cache
-def _english() -> Any:
-    from spellchecker import SpellChecker
-
-    return SpellChecker(distance=1)
-
-
 def keeps_hyphen(left: str, right: str, document: Counter[str]) -> bool:
     """Whether "left-" at a line's end and "right" on the next line are a hyphenated compound.
 
@@ -153,7 +146,7 @@ def keeps_hyphen(left: str, right: str, document: Counter[str]) -> bool:
         return document[f"{a}-{b}"] > document[a + b]
     if any(ch.isupper() for ch in left[1:]) or any(ch.isdigit() for ch in left):
         return True  # "IVIG-related", "COVID19-"
-    freq = _english().word_frequency
+    freq = english().word_frequency
     if len(a) < 2 or not (freq[a] and freq[b]):
         return False
     return freq[a + b] == 0 or (freq[a + b] < RARE_WORD and min(freq[a], freq[b]) >= COMMON_WORD)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 import re
 import unicodedata
-from functools import cache
 
 from confusable_homoglyphs import confusables
-from spellchecker import SpellChecker
+
+from ivig_qa.text import english
 
 _LETTERS = re.compile(r"[^\W\d_]+")
 # Where Unicode's confusables map a capital to a lower-case skeleton letter ("І" → "l"), the
@@ -70,12 +70,6 @@ def normalise(text: str) -> str:
     text = strip_invisible(unicodedata.normalize("NFKC", text))
     text = fold_lookalikes(text)
     return text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
-
-
-@cache
-def english() -> SpellChecker:
-    """The English word list (pyspellchecker's frequency dictionary), edit distance 1."""
-    return SpellChecker(distance=1)
 
 
 COMMON_ENGLISH = 100  # a word this frequent in the English list is taken as meant
