@@ -204,7 +204,8 @@ def _merge_spans(cands: list[Candidate]) -> list[tuple[int, int, Candidate]]:
     return merged
 
 
-def _citation(n: int, start: int, end: int, cand: Candidate) -> Citation:
+def citation(n: int, start: int, end: int, cand: Candidate) -> Citation:
+    """Citation ``[n]``: the quote ``[start, end)`` of the candidate's passage, with its source."""
     chunk = cand.passage.chunk
     return Citation(
         n=n,
@@ -236,7 +237,7 @@ def compose_quotes(chosen: list[Candidate], engine: str, leads: int = 0) -> Comp
 
     def add(group: list[Candidate]) -> None:
         for start, end, cand in _merge_spans(group):
-            citations.append(_citation(len(citations) + 1, start, end, cand))
+            citations.append(citation(len(citations) + 1, start, end, cand))
             lines.append(f"- {' '.join(citations[-1].quote.split())} [{len(citations)}]")
 
     for lead in head:

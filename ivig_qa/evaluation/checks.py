@@ -158,13 +158,13 @@ def judge_statement(
 def evidence_found(evidence: Evidence, ranges: Sequence[TextRange]) -> bool:
     """Found when the ranges together cover at least half of one occurrence of the evidence."""
     for span in evidence.spans:
-        covered = _covered_chars(span, ranges)
+        covered = covered_chars(span, ranges)
         if covered * 2 >= span.end - span.start:
             return True
     return False
 
 
-def _covered_chars(span: TextRange, ranges: Iterable[TextRange]) -> int:
+def covered_chars(span: TextRange, ranges: Iterable[TextRange]) -> int:
     """Characters of ``span`` inside the union of ``ranges`` (overlapping chunks count once)."""
     pieces = sorted((max(r.start, span.start), min(r.end, span.end)) for r in ranges if r.overlap(span) > 0)
     total, reach = 0, span.start

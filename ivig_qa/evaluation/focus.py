@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ivig_qa.chunking import split_sentences
+from ivig_qa.evaluation.checks import covered_chars
 from ivig_qa.evaluation.dataset import EvalItem, Evidence, TextRange
 from ivig_qa.text import markers
 from ivig_qa.types import Citation
@@ -66,21 +67,9 @@ def _spans(labels: Iterable[Evidence]) -> list[TextRange]:
     return [span for label in labels for span in label.spans]
 
 
-def _covered(span: TextRange, ranges: Sequence[TextRange]) -> int:
-    """Characters of ``span`` inside the union of ``ranges``."""
-    pieces = sorted((max(r.start, span.start), min(r.end, span.end)) for r in ranges if r.overlap(span) > 0)
-    total, reach = 0, span.start
-    for start, end in pieces:
-        start = max(start, reach)
-        if end > start:
-            total += end - start
-            reach = end
-    return total
-
-
 def is_labelled(span: TextRange, labels: Sequence[TextRange]) -> bool:
     """Half of ``span`` lies in labelled text, or ``span`` holds half of one label."""
-    if _covered(span, labels) * 2 >= span.end - span.start:
+    if covered_chars(span, labels) * 2 >= span.end - span.start:
         return True
     return any(span.overlap(label) * 2 >= label.end - label.start for label in labels)
 

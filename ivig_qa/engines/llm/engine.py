@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ivig_qa.engines.base import Composition
-from ivig_qa.engines.extractive import Candidate, ExtractiveEngine, compose_quotes
+from ivig_qa.engines.extractive import Candidate, ExtractiveEngine, citation, compose_quotes
 from ivig_qa.engines.llm.backends import LoadedModel, load_chat_model, message_text
 from ivig_qa.engines.llm.parse import Generated, split_generated
 from ivig_qa.engines.llm.prompts import STOP, SYSTEM_PROMPT, Source, answer_messages
@@ -334,22 +334,6 @@ class LLMEngine:
         return Composition(base.text, base.citations, engine, fallback_reason=reason, timings=timings)
 
 
-def _citation(n: int, cand: Candidate, start: int, end: int) -> Citation:
-    chunk = cand.passage.chunk
-    return Citation(
-        n=n,
-        doc_id=chunk.doc_id,
-        title=chunk.title,
-        chunk_id=chunk.chunk_id,
-        text=chunk.text,
-        quote=chunk.text[start - chunk.start : end - chunk.start],
-        start=start,
-        end=end,
-        score=round(cand.score, 4),
-        page=chunk.page_at(start),
-    )
-
-
 def render(
     kept: list[tuple[Generated, list[Source]]], quotes: list[Candidate] | None = None
 ) -> tuple[str, list[Citation]]:
@@ -368,7 +352,7 @@ def render(
         for src in support:
             if src.n not in numbers_by_source:
                 numbers_by_source[src.n] = len(citations) + 1
-                citations.append(_citation(len(citations) + 1, src.candidate, src.start, src.end))
+                citations.append(citation(len(citations) + 1, src.start, src.end, src.candidate))
             marks.append(numbers_by_source[src.n])
         body = sentence.text.rstrip()
         body = body[:1].upper() + body[1:]
@@ -382,7 +366,7 @@ def render(
     if quotes:
         lines = [SUPPORTING_QUOTES_LEAD]
         for cand in quotes:
-            citations.append(_citation(len(citations) + 1, cand, cand.quote_start, cand.quote_end))
+            citations.append(citation(len(citations) + 1, cand.quote_start, cand.quote_end, cand))
             lines.append(f"- {collapse_space(citations[-1].quote)} [{len(citations)}]")
         text = f"{text}\n\n" + "\n".join(lines)
     return text, citations
