@@ -236,14 +236,14 @@ def test_a_refused_chat_message_never_enters_the_history(
     assert refused_size < len(long) / 4 and next_size < len(long) / 4
     # The session itself: only answered exchanges become context.
     handlers = ChatHandlers(
-        lambda: assistant, open_settings, limiter=SimpleNamespace(take=lambda _c: 0.0), feedback=None
+        lambda: assistant, dict, open_settings, limiter=SimpleNamespace(take=lambda _c: 0.0), feedback=None
     )  # type: ignore[arg-type]
     session = ChatSession()
     request = SimpleNamespace(client=SimpleNamespace(host="127.0.0.1"))
     for question in (QUESTION, long, "What are the side effects of IVIG?"):
         for _ in handlers.respond(question, session, request):  # type: ignore[arg-type]
             pass
-    assert [m.content for m in session.history if m.role == "user"] == [
+    assert [m.content for m in session.history() if m.role == "user"] == [
         QUESTION,
         "What are the side effects of IVIG?",
     ]

@@ -278,7 +278,7 @@ def feedback(answer_id: str) -> tuple[str, dict]:
 
 def stored_answer_ids(db: Path) -> Counter[str]:
     with sqlite3.connect(db) as conn:
-        return Counter(SIGNER.sign(row[0]) for row in conn.execute("SELECT answer_id FROM feedback"))
+        return Counter(row[0] for row in conn.execute("SELECT answer_id FROM feedback"))
 
 
 @pytest.fixture

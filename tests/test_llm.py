@@ -168,7 +168,9 @@ def test_supporting_quotes_follow_the_summary_verbatim(assistant: Assistant) -> 
     summary, _, quotes = found.text.partition("\n\nMore from the sources, word for word:\n")
     assert summary == "IVIG infusions are usually given once or twice a month [1]."
     lines = quotes.splitlines()
-    assert len(lines) == 2 == found.timings["supporting_quotes"] and len(found.citations) == 3
+    # At most 2 of the quotes the focused extractive answer would use, less the one the summary cites.
+    assert 1 <= len(lines) <= 2 and len(lines) == found.timings["supporting_quotes"]
+    assert len(found.citations) == 1 + len(lines)
     for n, line in enumerate(lines, start=2):  # each quote is verbatim and cited once
         assert line == f"- {' '.join(found.citations[n - 1].quote.split())} [{n}]"
     assert "once or twice a month" not in quotes  # what the summary cites is not repeated

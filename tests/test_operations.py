@@ -389,6 +389,7 @@ def test_a_chat_rating_is_stored_with_its_answers_facts(
     app_state = create_app(settings, assistant=assistant).state.ivig
     handlers = ChatHandlers(
         get_assistant=lambda: assistant,
+        get_sources=dict,
         settings=settings,
         limiter=TokenBucketLimiter(0),
         feedback=app_state.feedback,

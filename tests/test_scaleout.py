@@ -135,7 +135,7 @@ def test_two_app_servers_share_one_feedback_database_through_an_outage(
             rater.join(timeout=60)
     for r in refused:
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
-        assert r.json()["error"] == "not_ready" and "try again" in r.json()["message"]
+        assert r.json()["error"] == "busy" and "try again" in r.json()["message"]
     with psycopg.connect(url) as conn:
         stored = {row[0] for row in conn.execute("SELECT id FROM feedback")}
     assert set(acked) <= stored  # nothing acknowledged was lost

@@ -178,7 +178,10 @@ class ExtractiveEngine:
 
     # -- composing ------------------------------------------------------------------------
     def compose(self, question: str, retrieval: Retrieval, limit: int | None = None) -> Composition:
-        chosen = self.select(self.candidates(question, retrieval), limit)
+        return self.compose_chosen(self.select(self.candidates(question, retrieval), limit))
+
+    def compose_chosen(self, chosen: list[Candidate]) -> Composition:
+        """The answer from already selected candidates: the lead(s) first, the rest by source."""
         return compose_quotes(chosen, self.name, len(self.leads(chosen)))
 
     def stream_compose(

@@ -172,7 +172,7 @@ class ChatHandlers:
         history = session.history()[-self.settings.policy.max_history_turns :]
         for piece in assistant.stream(question, history):
             if isinstance(piece, Answer):
-                turn = Turn.of(question, piece)
+                turn = Turn.of(question[: self.settings.policy.max_question_chars], piece)
                 session.add_turn(turn, self.render(turn))
                 if self.on_answer is not None:
                     self.on_answer(piece)

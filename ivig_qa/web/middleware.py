@@ -377,14 +377,17 @@ class _QueueJoin(BaseModel):
     fn_index: int
     session_hash: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     trigger_id: int | None = None
-    event_data: _EventData | None = None
+    # An event's data: a component's (index, value), or the text a page script hands over (the
+    # restored conversation); either is bounded by the body cap.
+    event_data: _EventData | str | None = None
 
 
 # (method, path pattern) pairs the chat page uses; every other Gradio route is closed.
 _CHAT_ROUTES = [
     (("GET", "HEAD"), re.compile(r"^/(|config|theme\.css|favicon\.ico|robots\.txt|manifest\.json)$")),
     (("GET", "HEAD"), re.compile(r"^/(assets|static|svelte)/[^?#]+$")),
-    (("GET",), re.compile(r"^/gradio_api/(heartbeat/[A-Za-z0-9_-]{1,64}|queue/data)$")),
+    # app_id: what the page polls after an outage, to reload (and restore) once the server is back.
+    (("GET",), re.compile(r"^/gradio_api/(heartbeat/[A-Za-z0-9_-]{1,64}|queue/data|app_id)$")),
     (("POST",), re.compile(r"^/gradio_api/queue/join$")),
 ]
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ivig_qa.engines.base import Composition
-from ivig_qa.engines.extractive import Candidate, ExtractiveEngine, citation, compose_quotes
+from ivig_qa.engines.extractive import Candidate, ExtractiveEngine, citation
 from ivig_qa.engines.llm.backends import LoadedModel, load_chat_model, message_text
 from ivig_qa.engines.llm.parse import Generated, split_generated
 from ivig_qa.engines.llm.prompts import STOP, SYSTEM_PROMPT, Source, answer_messages
@@ -329,7 +329,7 @@ class LLMEngine:
         ``"extractive (llm skipped: no relevant sources)"``.
         """
         chosen = plan.selected if limit is None else self.extractive.select(plan.ranked, limit)
-        base = compose_quotes(chosen, self.extractive.name)
+        base = self.extractive.compose_chosen(chosen)
         engine = f"extractive (llm {'skipped' if skipped else 'fallback'}: {reason})"
         return Composition(base.text, base.citations, engine, fallback_reason=reason, timings=timings)
 
