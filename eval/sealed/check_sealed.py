@@ -1,4 +1,7 @@
-"""Mechanical check of the sealed sets: keys, enums, exact evidence substrings, must_include presence."""
+"""Mechanical check of a sealed set folder: keys, enums, exact evidence substrings, must_include presence.
+
+Usage: python3 eval/sealed/check_sealed.py [folder]   (default: eval/sealed)
+"""
 import json, sys
 from pathlib import Path
 
@@ -10,9 +13,10 @@ EXPECTS = {"answer", "refuse_out_of_scope", "decline_personal_advice", "urgent_c
 NON_ANSWER = {"refuse_out_of_scope", "decline_personal_advice", "urgent_care"}
 docs = {p.stem: p.read_text(encoding="utf-8") for p in (ROOT / "corpus").glob("*.txt")}
 
+FOLDER = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "eval/sealed"
 errors, ids = [], set()
 for name in ("policy.jsonl", "focus.jsonl"):
-    for ln, line in enumerate((ROOT / "eval/sealed" / name).read_text(encoding="utf-8").splitlines(), 1):
+    for ln, line in enumerate((FOLDER / name).read_text(encoding="utf-8").splitlines(), 1):
         where = f"{name}:{ln}"
         try:
             it = json.loads(line)
