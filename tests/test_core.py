@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,6 +238,23 @@ def test_cli_rejects_unknown_config_keys(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["ask", "hello", "--config", str(config)])
     assert result.exit_code == 2
     assert "not_a_setting" in result.output
+
+
+def test_chat_script_rejects_bad_settings_without_a_traceback(tmp_path: Path) -> None:
+    """``python ui.py`` with a bad setting says which one and exits 2, as the CLI does."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "IVIG_QA_SERVER__PORT": "not-a-port", "IVIG_QA_SERVER__LOG_FORMAT": "xml"}
+    done = subprocess.run(
+        [sys.executable, str(root / "ui.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "server.port" in done.stderr and "server.log_format" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # -- index: incremental and atomic rebuilds --------------------------------------------------------
