@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks: real servers on localhost (app, Chroma, PostgreSQL, Redis)."""
+"""Test and benchmark helpers: real servers on localhost (app, Chroma, PostgreSQL, Redis); a small corpus."""
 
 from __future__ import annotations
 
@@ -27,6 +27,19 @@ from ivig_qa.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+
+# Two of the bundled documents: a corpus small enough to build an index in a test.
+SMALL_DOCS = ("ivig-chronic-pain-review", "ivig-infantile-spasms")
+
+
+def small_corpus(corpus_dir: Path, dst: Path) -> Path:
+    """Copy ``SMALL_DOCS`` and ``sources.toml`` from ``corpus_dir`` into a new folder ``dst``."""
+    dst.mkdir(parents=True)
+    for doc_id in SMALL_DOCS:
+        shutil.copy(corpus_dir / f"{doc_id}.txt", dst)
+    shutil.copy(corpus_dir / "sources.toml", dst)
+    return dst
 
 
 def free_port() -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +19,8 @@ from ivig_qa.corpus import load_corpus
 from ivig_qa.index import IndexStore
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
+from ivig_qa.testing import SMALL_DOCS, small_corpus
 from ivig_qa.types import Status
-
-SMALL_DOCS = ("ivig-chronic-pain-review", "ivig-infantile-spasms")
 
 
 def sentences_of(text: str) -> list[str]:
@@ -260,12 +258,9 @@ def test_chat_script_rejects_bad_settings_without_a_traceback(tmp_path: Path) ->
 # -- index: incremental and atomic rebuilds --------------------------------------------------------
 @pytest.fixture
 def small_settings(tmp_path: Path, corpus_dir: Path) -> Settings:
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for doc_id in SMALL_DOCS:
-        shutil.copy(corpus_dir / f"{doc_id}.txt", corpus)
-    shutil.copy(corpus_dir / "sources.toml", corpus)
-    return Settings.load(corpus_dir=corpus, index_dir=tmp_path / "index")
+    return Settings.load(
+        corpus_dir=small_corpus(corpus_dir, tmp_path / "corpus"), index_dir=tmp_path / "index"
+    )
 
 
 def test_changed_document_is_the_only_one_reembedded(small_settings: Settings) -> None:

@@ -34,20 +34,20 @@ from ivig_qa.cli import app
 from ivig_qa.feedback import AnswerIds
 from ivig_qa.index import IndexStore
 from ivig_qa.settings import Settings
-from ivig_qa.testing import BackgroundServer, ChromaServer, quiet_env, script_path, settings_env, wait_until
+from ivig_qa.testing import (
+    SMALL_DOCS,
+    BackgroundServer,
+    ChromaServer,
+    quiet_env,
+    script_path,
+    settings_env,
+    small_corpus,
+    wait_until,
+)
 from ivig_qa.types import Status
 from ivig_qa.web.app import create_app
 
-SMALL_DOCS = ("ivig-chronic-pain-review", "ivig-infantile-spasms")
 QUESTION = "How soon do infantile spasms respond to IVIG?"
-
-
-def small_corpus(corpus_dir: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    for doc_id in SMALL_DOCS:
-        shutil.copy(corpus_dir / f"{doc_id}.txt", dst)
-    shutil.copy(corpus_dir / "sources.toml", dst)
-    return dst
 
 
 def collection_versions(settings: Settings) -> set[str]:

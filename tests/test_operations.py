@@ -14,7 +14,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -41,12 +40,14 @@ from ivig_qa.feedback.report import parse_since
 from ivig_qa.index import IndexStore
 from ivig_qa.settings import Settings
 from ivig_qa.testing import (
+    SMALL_DOCS,
     AppServer,
     BackgroundServer,
     ChromaServer,
     quiet_env,
     script_path,
     settings_env,
+    small_corpus,
     wait_until,
 )
 from ivig_qa.types import Status
@@ -55,7 +56,6 @@ from ivig_qa.web.chat import ChatHandlers, ChatSession
 from ivig_qa.web.limits import TokenBucketLimiter
 from ivig_qa.web.metrics import engine_kind
 
-SMALL_DOCS = ("ivig-chronic-pain-review", "ivig-infantile-spasms")
 SHARED_SECRET = "operations-test-secret"  # as every server behind one balancer would share
 
 QUESTION = "How soon do infantile spasms respond to IVIG?"
@@ -65,13 +65,8 @@ API_KEY = "ops-key-51c7"
 
 
 def small_settings(corpus_dir: Path, root: Path, **changes: object) -> Settings:
-    corpus = root / "corpus"
-    corpus.mkdir(parents=True)
-    for doc_id in SMALL_DOCS:
-        shutil.copy(corpus_dir / f"{doc_id}.txt", corpus)
-    shutil.copy(corpus_dir / "sources.toml", corpus)
     return Settings.load(
-        corpus_dir=corpus,
+        corpus_dir=small_corpus(corpus_dir, root / "corpus"),
         index_dir=root / "index",
         feedback_db=root / "feedback.sqlite3",
         rate_limit_per_minute=0,
