@@ -72,12 +72,7 @@ def _evidence_cause(engine, ranked, chosen, chosen_ids, ev, question) -> str:
     cand = ranked[holding[0]]
     if cand.sentence.sentence_id in chosen_ids:
         return "quoted but merged away"  # should not happen
-    passes = (
-        engine.passes(best, cand)
-        if hasattr(engine, "passes")
-        else (best.logit - cand.logit <= a.quote_margin or cand.score >= a.min_quote_probability)
-    )
-    if not passes:
+    if not engine.passes(best, cand):
         return "ranked below the cut"
     if len(chosen) >= a.max_answer_sentences:
         return "cut by the cap"
