@@ -90,20 +90,21 @@ class AnswerSettings(_Group):
 
     engine: Literal["extractive", "llm"] = "extractive"
 
-    # How many quotes follow the ranker's scores (engines/ranking.py, data/ranker.toml): the lead,
-    # then the next best that are likely enough or close to the lead. Chosen by
-    # `python -m ivig_qa.evaluation.fit_ranker --tune` on out-of-fold scores of eval/questions.jsonl
-    # (its objective: precision + lead + 2 × (cited recall + key facts), median ≤ 110 words);
-    # never on eval/holdout.jsonl.
+    # How many quotes follow the ranker's calibrated probabilities (engines/ranking.py,
+    # data/ranker.toml): the lead, then every sentence whose probability of being one a careful
+    # answer quotes (relevant or supporting) reaches min_quote_probability, up to a small cap.
+    # Chosen by `python -m ivig_qa.evaluation.fit_ranker --tune` on out-of-fold scores of
+    # eval/questions.jsonl + eval/spent/*.jsonl (its objective: F2 of quote precision and recall,
+    # plus half the lead accuracy, median ≤ 110 words); never on eval/holdout.jsonl.
     max_answer_sentences: int = Field(6, ge=1, description="Most quotes in one answer (the lead included).")
     quote_margin: float = Field(
-        3.0, ge=0, description="Quoted when its log-odds are at most this far below the lead's…"
+        0.0, ge=0, description="Also quoted when its log-odds are at most this far below the lead's (0: off)…"
     )
     min_quote_probability: float = Field(
-        0.3, ge=0, le=1, description="…or its probability of answering is at least this."
+        0.12, ge=0, le=1, description="…or its calibrated probability of being quoted is at least this."
     )
     second_lead_margin: float = Field(
-        0.0, ge=0, description="Another source's best quote within this (log-odds) joins the lead."
+        1.0, ge=0, description="Another source's best quote within this (log-odds) joins the lead."
     )
     duplicate_overlap: float = 0.6
 

@@ -34,10 +34,20 @@ STOPWORDS = frozenset(
 TOKEN = re.compile(r"[a-z0-9]+(?:[./][a-z0-9]+)*")
 
 
+_SIBILANT_PLURAL = re.compile(r"(?:ss|x|z|ch|sh)es$")
+
+
 def stem(word: str) -> str:
-    """A deliberately light stemmer: plural and -ing/-ed endings (enough for BM25 here)."""
+    """A deliberately light stemmer: plural and -ing/-ed endings (enough for BM25 here).
+
+    A plural loses its "es" only after a sibilant ("rashes" → "rash", "classes" → "class"),
+    elsewhere just its "s", so a singular and its plural meet ("flares" and "flare" → "flare",
+    "doses" and "dose" → "dose").
+    """
     for suffix, min_len in (("ies", 5), ("ing", 6), ("ed", 5), ("es", 5), ("s", 4)):
         if word.endswith(suffix) and len(word) >= min_len and not word.endswith("ss"):
+            if suffix == "es" and not _SIBILANT_PLURAL.search(word):
+                return word[:-1]
             return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
     return word
 

@@ -2,8 +2,9 @@
 
 Every statement is faithful by construction. Sentences are ranked by how likely they answer
 the question (``engines.ranking``); the answer opens with the best one (two when another
-source answers too), then adds the few next-best quotes whose scores are close enough,
-grouped by source, so a patient reads the answer first and sees which source says what.
+source answers too), then adds the few next-best quotes whose calibrated probability of
+being quoted reaches a threshold, grouped by source, so a patient reads the answer first and
+sees which source says what.
 """
 
 from __future__ import annotations
@@ -131,13 +132,15 @@ class ExtractiveEngine:
         return start + (label.end() if label else 0), end
 
     def select(self, ranked: list[Candidate], limit: int | None = None) -> list[Candidate]:
-        """The lead, then the quotes whose log-odds are within a margin of it, best first.
+        """The lead, then every sentence likely enough to be quoted, best first.
 
-        The lead is the most likely answer; the best sentence of another source joins it when it
-        is within ``second_lead_margin`` (two sources answering). Another sentence is quoted when
-        it is likely enough on its own (``min_quote_probability``) or close to the lead (within
-        ``quote_margin`` in log-odds, for questions where nothing is very likely); at most
-        ``max_answer_sentences`` in all, no near-duplicates, and no quota per document.
+        Scores are calibrated probabilities that a careful answer quotes the sentence (relevant
+        or supporting; ``Ranker`` is Platt-calibrated on held-out folds), so one threshold means
+        the same for every question: a sentence is quoted when its probability reaches
+        ``min_quote_probability`` (or, when ``quote_margin`` > 0, it is that close to the lead in
+        log-odds). The best sentence of another source joins the lead when it is within
+        ``second_lead_margin`` (two sources answering); at most ``max_answer_sentences`` in all,
+        no near-duplicates, and no quota per document.
         """
         if not ranked:
             return []
@@ -152,12 +155,18 @@ class ExtractiveEngine:
         for cand in ranked[1:]:
             if len(chosen) >= limit:
                 break
-            if best.logit - cand.logit > a.quote_margin and cand.score < a.min_quote_probability:
+            if not self.passes(best, cand):
                 break
             if cand in chosen or any(self._overlaps(cand, c) for c in chosen):
                 continue
             chosen.append(cand)
         return sorted(chosen, key=lambda c: -c.logit)
+
+    def passes(self, lead: Candidate, cand: Candidate) -> bool:
+        """Likely enough to quote beside this lead (``select``'s rule for one candidate)."""
+        a = self.settings.answer
+        close = a.quote_margin > 0 and lead.logit - cand.logit <= a.quote_margin
+        return close or cand.score >= a.min_quote_probability
 
     def _overlaps(self, cand: Candidate, other: Candidate) -> bool:
         """Same text (overlapping quotes) or nearly the same words."""

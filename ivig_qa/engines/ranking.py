@@ -81,23 +81,34 @@ class Ranker:
     scale: np.ndarray
     weights: np.ndarray
     bias: float
+    # Platt calibration of the model's log-odds, fitted on held-out (cross-validated) scores:
+    # ``slope * raw + intercept`` are log-odds a probability threshold can be set on.
+    slope: float = 1.0
+    intercept: float = 0.0
 
     @classmethod
     def from_data(cls, raw: Mapping) -> Ranker:
         feats = raw["feature"]
+        calibration = raw.get("calibration", {})
         return cls(
             tuple(f["name"] for f in feats),
             np.array([f["mean"] for f in feats], dtype=np.float64),
             np.array([f["scale"] for f in feats], dtype=np.float64),
             np.array([f["weight"] for f in feats], dtype=np.float64),
             float(raw["bias"]),
+            float(calibration.get("slope", 1.0)),
+            float(calibration.get("intercept", 0.0)),
         )
 
-    def logits(self, features: np.ndarray) -> np.ndarray:
-        """Log-odds that each row (one sentence's features, in ``FEATURES`` order) answers."""
+    def raw_logits(self, features: np.ndarray) -> np.ndarray:
+        """The model's own log-odds for each row (one sentence's features, in ``FEATURES`` order)."""
         columns = [FEATURES.index(n) for n in self.names]
         x = (features[:, columns] - self.mean) / self.scale
         return x @ self.weights + self.bias
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Calibrated log-odds that each row's sentence is one a careful answer quotes."""
+        return self.slope * self.raw_logits(features) + self.intercept
 
 
 @cache

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,8 +61,9 @@ class Context:
     contexts: dict
 
 
-def collect(set_file: Path) -> tuple[Rows, Context]:
-    """Feature rows and labels of every expect=answer item of a set, through the real assistant."""
+def collect(set_files: Path | list[Path]) -> tuple[Rows, Context]:
+    """Feature rows and labels of every labelled expect=answer item of the sets, through the real
+    assistant (items without ``relevant`` labels have nothing to learn from)."""
     from ivig_qa.assistant import Assistant
     from ivig_qa.evaluation.checks import VerbatimSupportChecker
     from ivig_qa.evaluation.focus import context_ranges
@@ -71,7 +73,8 @@ def collect(set_file: Path) -> tuple[Rows, Context]:
     settings = Settings.load()
     assistant = Assistant.load(settings)
     documents = load_documents(settings.index.corpus_dir)
-    items = [i for i in load_set(set_file, documents) if i.item.expect == "answer"]
+    files = [set_files] if isinstance(set_files, Path) else set_files
+    items = [i for f in files for i in load_set(f, documents) if i.item.expect == "answer" and i.relevant]
     evaluator = Evaluator(assistant, documents, VerbatimSupportChecker())
     engine = ExtractiveEngine(assistant.retriever, settings)
     questions: list[Question] = []
@@ -139,9 +142,30 @@ def out_of_fold(rows: Rows, y: np.ndarray, c: float, columns: list[int], folds: 
     return logits
 
 
+def calibrate(raw: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: the slope and intercept that make held-out log-odds calibrated."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=1e6, max_iter=1000).fit(raw.reshape(-1, 1), y)
+    return float(model.coef_[0, 0]), float(model.intercept_[0])
+
+
+def calibration_table(logits: np.ndarray, y: np.ndarray, bins: int = 5) -> str:
+    """Predicted vs observed rate per probability bin (a reliability table)."""
+    p = 1.0 / (1.0 + np.exp(-logits))
+    edges = np.quantile(p, np.linspace(0, 1, bins + 1))
+    out = []
+    for lo, hi in itertools.pairwise(edges):
+        m = (p >= lo) & (p <= hi)
+        if m.any():
+            out.append(f"{p[m].mean():.2f}→{y[m].mean():.2f}")
+    return "  ".join(out)
+
+
 def to_toml(ranker: Ranker, note: list[str]) -> str:
     lines = [f"# {line}" if line else "#" for line in note]
     lines += [f"bias = {ranker.bias:.6f}", ""]
+    lines += ["[calibration]", f"slope = {ranker.slope:.6f}", f"intercept = {ranker.intercept:.6f}", ""]
     for name, mean, scale, weight in zip(
         ranker.names, ranker.mean, ranker.scale, ranker.weights, strict=True
     ):
@@ -157,12 +181,15 @@ def to_toml(ranker: Ranker, note: list[str]) -> str:
 
 
 # -- choosing how many quotes ------------------------------------------------------------------
+# A sentence is quoted when its calibrated probability reaches a threshold (quote_margin 0: no
+# margin below the lead), up to a small cap; the grid is searched on out-of-fold scores.
 SELECTION_GRID = {
     "max_answer_sentences": (3, 4, 5, 6),
-    "quote_margin": (0.5, 1.0, 2.0, 3.0),
-    "min_quote_probability": (0.1, 0.2, 0.3, 0.5),
-    "second_lead_margin": (0.0, 1.0, 2.0, 3.0, 4.0),
+    "quote_margin": (0.0,),
+    "min_quote_probability": tuple(float(round(t, 2)) for t in np.arange(0.04, 0.51, 0.02)),
+    "second_lead_margin": (0.0, 1.0, 2.0),
 }
+BETA = 2.0  # recall (cited evidence, key facts) weighs BETA times as much as quote precision
 
 
 def simulate(rows: Rows, logits: np.ndarray, ctx: Context, **selection: float) -> dict[str, float]:
@@ -199,17 +226,18 @@ def simulate(rows: Rows, logits: np.ndarray, ctx: Context, **selection: float) -
 
 
 def objective(m: dict[str, float], max_words: float) -> float:
-    """The four scores pull against each other. Leaving out what answers (cited evidence, key
-    facts) costs a patient more than an extra quote, so those count twice; a long answer is out."""
+    """F-beta of quote precision and recall (the mean of cited evidence and key facts), plus the
+    lead: leaving out what answers costs a patient more than an extra quote (beta 2); a long
+    answer is out."""
     if m["words_p50"] > max_words:
         return -1.0
-    return m["precision"] + m["lead"] + 2 * (m["cited"] + m["facts"])
+    p, r = m["precision"], (m["cited"] + m["facts"]) / 2
+    fbeta = (1 + BETA**2) * p * r / (BETA**2 * p + r) if p + r else 0.0
+    return fbeta + 0.5 * m["lead"]
 
 
 def tune_selection(rows: Rows, logits: np.ndarray, ctx: Context, max_words: float) -> tuple[dict, dict]:
     """The grid point with the best objective on (out-of-fold) scores."""
-    import itertools
-
     best: tuple[float, dict, dict] | None = None
     names = list(SELECTION_GRID)
     for values in itertools.product(*SELECTION_GRID.values()):
@@ -224,10 +252,10 @@ def tune_selection(rows: Rows, logits: np.ndarray, ctx: Context, max_words: floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", type=Path, default=Path("eval/questions.jsonl"))
+    parser.add_argument("--set", type=Path, action="append", help="Fit on these (repeatable).")
     parser.add_argument("--compare", type=Path, action="append", default=[])
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--target", choices=["relevant", "labelled"], default="relevant")
+    parser.add_argument("--target", choices=["relevant", "labelled"], default="labelled")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--C", type=float, default=1.0)
     parser.add_argument("--drop", action="append", default=[], help="Leave a feature out (ablation).")
@@ -235,16 +263,22 @@ def main() -> None:
     parser.add_argument("--max-words", type=float, default=110.0)
     args = parser.parse_args()
 
-    rows, ctx = collect(args.set)
+    sets = args.set or [Path("eval/questions.jsonl")]
+    rows, ctx = collect(sets)
     y = rows.relevant if args.target == "relevant" else rows.labelled
     columns = [i for i, name in enumerate(FEATURES) if name not in args.drop]
     current = default_ranker()
-    print(f"{args.set}: {len(rows.questions)} questions, {len(y)} sentences, {int(y.sum())} positive")
+    names = " + ".join(map(str, sets))
+    print(f"{names}: {len(rows.questions)} questions, {len(y)} sentences, {int(y.sum())} positive")
     print("current ranker       ", _fmt(ranking_scores(current.logits(rows.x), rows)))
-    oof = out_of_fold(rows, y, args.C, columns, args.folds)
+    raw_oof = out_of_fold(rows, y, args.C, columns, args.folds)
+    slope, intercept = calibrate(raw_oof, y)
+    oof = slope * raw_oof + intercept
     cv = ranking_scores(oof, rows)
     print(f"fitted ({args.folds}-fold CV) ", _fmt(cv))
+    print("  calibration (predicted→observed):", calibration_table(oof, y))
     final = fit(rows.x, y, args.C, columns)
+    final = Ranker(final.names, final.mean, final.scale, final.weights, final.bias, slope, intercept)
     for name, w in sorted(zip(final.names, final.weights, strict=True), key=lambda t: -abs(t[1])):
         print(f"  {name:20s} {w:+.3f}")
     selection: dict = {}
@@ -259,12 +293,13 @@ def main() -> None:
         if selection:
             print("  simulated:", _fmt(simulate(held, final.logits(held.x), hctx, **selection)))
     if args.out:
-        digest = hashlib.sha256(args.set.read_bytes()).hexdigest()[:12]
+        digest = hashlib.sha256(b"".join(f.read_bytes() for f in sets)).hexdigest()[:12]
         note = [
             "The sentence ranker: a logistic regression over engines/ranking.py FEATURES, fitted by",
             "`python -m ivig_qa.evaluation.fit_ranker` (do not edit by hand; refit instead).",
-            f"Fitted {datetime.now(UTC):%Y-%m-%d} on {args.set} (sha256 {digest}…), target {args.target},",
-            f"C={args.C}; {args.folds}-fold CV by question: {_fmt(cv)}.",
+            f"Fitted {datetime.now(UTC):%Y-%m-%d} on {names} (sha256 {digest}…),",
+            f"target {args.target}, C={args.C}; {args.folds}-fold CV by question: {_fmt(cv)}.",
+            "Calibrated (Platt) on the out-of-fold log-odds: [calibration].",
             *([f"Selection chosen on out-of-fold scores: {selection}."] if selection else []),
             "Each feature is standardised with its mean and scale before its weight applies.",
             "",
