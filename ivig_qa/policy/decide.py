@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ivig_qa.policy.language import Language
-from ivig_qa.policy.scope import Coverage
 from ivig_qa.policy.reading import PAST, RESOLVED
+from ivig_qa.policy.scope import Coverage
 from ivig_qa.policy.triage import Triage, is_personal
 from ivig_qa.types import Decision, Reason, Status
 

@@ -73,7 +73,9 @@ def split(text: str) -> list[Clause]:
             if stripped:
                 lead = piece.index(stripped[0])
                 continues = joined and bool(out) and not _SUBJECT.match(stripped)
-                out.append(Clause(stripped, base + cut + lead, base + cut + lead + len(stripped), n, continues))
+                out.append(
+                    Clause(stripped, base + cut + lead, base + cut + lead + len(stripped), n, continues)
+                )
             joined = bool(sep) and _JOINS.fullmatch(sep.group().strip().lower() or ",") is not None
             cut = sep.end() if sep else len(body)
     return out
@@ -221,7 +223,9 @@ class Reader:
 
     def carried(self, indices: Sequence[int]) -> tuple[str, Reason]:
         """How a sign carried by these clauses reads: now (or unsure) if any clause says so."""
-        readings = [self.clause(i) for i in indices] or [(UNSURE, Reason(id="triage.unsure", layer="pattern"))]
+        readings = [self.clause(i) for i in indices] or [
+            (UNSURE, Reason(id="triage.unsure", layer="pattern"))
+        ]
         urgent = [r for r in readings if r[0] not in SET_ASIDE]
         return (urgent or readings)[0]
 

@@ -250,7 +250,11 @@ class SemanticLayer:
             floor, margin = self.limits(concept)
             for row in np.flatnonzero((best[:, i] >= floor) & (best[:, i] - against[:, i] >= margin)):
                 hit = SemanticHit(
-                    concept, parts[row], float(best[row, i]), float(against[row, i]), self.pos_texts[where[row, i]]
+                    concept,
+                    parts[row],
+                    float(best[row, i]),
+                    float(against[row, i]),
+                    self.pos_texts[where[row, i]],
                 )
                 out.append((int(row), hit))
         return out

@@ -234,7 +234,9 @@ class Triager:
                 continue
             texts = [reader.clauses[i].text for i in s.carriers]
             found = [self.catalogue.mild_wording.search(t) for t in texts]
-            if all(found) and not any(self.severity.modifier(t, f) for t, f in zip(texts, found, strict=True)):
+            if all(found) and not any(
+                self.severity.modifier(t, f) for t, f in zip(texts, found, strict=True)
+            ):
                 urgent.remove((s, read))
                 aside.append(s.reason)
                 worded.append(Reason(id="triage.mild_wording", layer="pattern", detail=found[0].group()))  # type: ignore[union-attr]
