@@ -44,6 +44,7 @@ _SUBJECT = re.compile(
     r"\w+'s)\b"
 )
 _NEGATED = re.compile(r"\b(not|no|never|n't|isnt|arent|wasnt)\W+(\w+\W+)?$")
+_HAS = re.compile(r"\b(has|have|had|with|got)\b")
 _REFERS_BACK = re.compile(r"\b(it|its|it's|they|that|this|all|everything|both|those)\b")
 
 
@@ -146,6 +147,16 @@ class Severity:
         return bool(set(WORD.findall(text)) & self.symptom_words)
 
 
+@cache
+def conditions() -> frozenset[str]:
+    """The words that name a condition the sources are about (``data/topics.toml``), but not the
+    topics that are a person or a situation (children, pregnancy, surgery…)."""
+    topics = data.load("topics.toml")["topics"]
+    people = {"children", "older", "pregnancy", "nursing", "surgery", "vaccines"}
+    words = {w for t, names in topics.items() if t not in people for w in names.split()}
+    return frozenset(words - Severity.load().symptom_words - {"chronic", "complex", "regional"})
+
+
 class Reader:
     """Reads the clauses of one message (folded) against the catalogue's signals."""
 
@@ -185,6 +196,20 @@ class Reader:
             i -= 1
             text = f"{self.clauses[i].text} {text}"
         return text
+
+    def condition(self, i: int) -> re.Match[str] | None:
+        """Clause ``i`` says someone has a condition, or gets something again and again, rather
+        than that something is happening: "keeps getting chest infections", "has CRPS"."""
+        text = self.clauses[i].text
+        if self.severity.modifier(text):
+            return None
+        found = self.catalogue.condition.search(text)
+        if found:
+            return found
+        has = _HAS.search(text)
+        if has and set(WORD.findall(text[has.end() :])) & conditions():
+            return has
+        return None
 
     def reassured(self, i: int) -> bool:
         """Clause ``i`` states that something is normal ("eating fine", "peeing normal amounts")."""

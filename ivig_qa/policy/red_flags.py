@@ -64,6 +64,7 @@ class Catalogue:
     resolved: Signals
     past: Signals
     reassurance: Signals
+    condition: Signals
     context: tuple[re.Pattern[str], ...]
     semantic: dict[str, float]
     not_event: tuple[str, ...] = ()
@@ -90,7 +91,7 @@ class Catalogue:
                 tuple(raw[name].get("examples", [])),
                 tuple(raw[name].get("counter_examples", [])),
             )
-            for name in ("now", "general", "resolved", "past", "reassurance")
+            for name in ("now", "general", "resolved", "past", "reassurance", "condition")
         }
         weak_now = Signals(_compile(raw["now"]["weak_patterns"]), ())
         unless = Signals(_compile(raw["resolved"]["unless"]), ())

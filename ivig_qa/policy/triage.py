@@ -204,11 +204,16 @@ class Triager:
         red: list[tuple[_Sign, tuple[str, Reason]]] = []
         mild: list[tuple[_Sign, tuple[str, Reason]]] = []
         reassured: list[Reason] = []
+        conditions: list[Reason] = []
         for concept_id, sign in signs.items():
             if sign.semantic_only and self.catalogue.concept(concept_id).urgent:
-                kept = {i for i in sign.carriers if not reader.reassured(i)}
+                # The model reads the body part, not whether something is happening: clauses that
+                # say all is normal, or that someone has a condition, do not carry the sign.
+                calm = {i for i in sign.carriers if reader.reassured(i)}
+                told = {i for i in sign.carriers if reader.condition(i)}
+                kept = sign.carriers - calm - told
                 if not kept:
-                    reassured.append(sign.reason)
+                    (reassured if calm else conditions).append(sign.reason)
                     continue
                 sign.carriers = kept
             read = reader.carried(sorted(sign.carriers))
@@ -262,6 +267,8 @@ class Triager:
             worded.append(Reason(id="triage.reassured", layer="pattern"))
         if worded and not mild_now:
             mild_now = [Reason(id="symptom.mild_worded", layer="pattern", detail=worded[0].detail)]
+        if conditions:
+            aside += [*conditions, Reason(id="triage.condition", layer="pattern")]
         aside_reads = [read for s, read in red if read[0] in SET_ASIDE]
         if mild_now:
             read, why = next((r for s, r in mild if r[0] not in SET_ASIDE), None) or reader.message()
