@@ -45,6 +45,8 @@ _SUBJECT = re.compile(
 )
 _NEGATED = re.compile(r"\b(not|no|never|n't|isnt|arent|wasnt)\W+(\w+\W+)?$")
 _HAS = re.compile(r"\b(has|have|had|with|got)\b")
+_CONDITIONAL = re.compile(r"\b(if|in case|whether|what if)\b.*$")
+_RIGHT_NOW = re.compile(r"\b(right now|currently|at the moment|as we speak|still)\b")
 _REFERS_BACK = re.compile(r"\b(it|its|it's|they|that|this|all|everything|both|those)\b")
 
 
@@ -211,8 +213,18 @@ class Reader:
             return has
         return None
 
+    def group(self, i: int) -> str:
+        """Clause ``i`` with every clause it is joined to without a subject of its own, before and
+        after ("she has a low fever and feels a bit rough"): one description of one person."""
+        text = self.chain(i)
+        j = i + 1
+        while j < len(self.clauses) and self.clauses[j].continues:
+            text = f"{text} {self.clauses[j].text}"
+            j += 1
+        return text
+
     def reassured(self, i: int) -> bool:
-        """Clause ``i`` states that something is normal ("eating fine", "peeing normal amounts")."""
+        """Clause ``i`` itself states that something is normal ("eating fine", "peeing normal amounts")."""
         text = self.clauses[i].text
         found = self.catalogue.reassurance.search(text)
         return bool(found) and not _NEGATED.search(text[max(0, found.start() - 16) : found.start()])
@@ -224,6 +236,10 @@ class Reader:
         body = self.chain(i)  # "…just went pale and passed out"
         for pattern in cat.resolved.patterns:
             body = pattern.sub(" ", body)
+        # What follows "if" is hypothetical ("what do I do if my child has a seizure"), unless
+        # the clause also says it is happening right now.
+        if not _RIGHT_NOW.search(body):
+            body = _CONDITIONAL.sub(r" \1", body)
         strong = cat.now.search(body)
         if strong and not (cat.past.search(body) and not cat.resolved_unless.search(body)):
             return NOW, Reason(id="triage.now", layer="pattern", detail=strong.group())

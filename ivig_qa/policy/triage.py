@@ -38,6 +38,8 @@ class Rules:
     decision: list[re.Pattern[str]]
     may_take: re.Pattern[str]
     particulars: list[re.Pattern[str]]
+    personal_examples: tuple[str, ...]
+    personal_counter_examples: tuple[str, ...]
     subject: list[re.Pattern[str]]
     injection: list[re.Pattern[str]]
     quantity: re.Pattern[str]
@@ -58,6 +60,8 @@ class Rules:
             decision=_compile(r["personal"]["decision"]),
             may_take=re.compile(r["personal"]["may_take"], re.IGNORECASE),
             particulars=_compile(r["personal"]["particulars"]),
+            personal_examples=tuple(r["personal"]["examples"]),
+            personal_counter_examples=tuple(r["personal"]["counter_examples"]),
             subject=_compile(r["personal"]["subject"]),
             injection=_compile(r["scope"]["injection"]),
             quantity=re.compile(r["scope"]["quantity_pattern"]),
@@ -118,6 +122,8 @@ class _Sign:
     reason: Reason
     carriers: set[int]
     semantic_only: bool = True
+    similarity: float = 0.0
+    """The semantic layer's best similarity for the concept (0 when it did not fire)."""
 
 
 CARRIER_SLACK = 0.05
@@ -188,6 +194,7 @@ class Triager:
                 sign = signs.get(hit.concept.id)
                 if sign is not None:
                     sign.carriers |= carriers
+                    sign.similarity = max(sign.similarity, hit.similarity)
                     continue
                 reason = Reason(
                     id=f"urgent.{hit.concept.id}" if hit.concept.urgent else hit.concept.id,
@@ -195,7 +202,7 @@ class Triager:
                     score=round(hit.similarity, 4),
                     detail=f"closest: “{hit.example}” (counter {hit.counter:.2f}) for “{hit.clause}”",
                 )
-                signs[hit.concept.id] = _Sign(reason, carriers)
+                signs[hit.concept.id] = _Sign(reason, carriers, similarity=hit.similarity)
         severe = reader.severe_now(lambda unit: bool(symptom_clauses & set(unit)))
         return self._decide(reader, signs, severe)
 
@@ -237,7 +244,7 @@ class Triager:
         for s, read in list(urgent):
             if not s.semantic_only or not s.carriers:
                 continue
-            texts = [reader.clauses[i].text for i in s.carriers]
+            texts = [reader.group(i) for i in s.carriers]
             found = [self.catalogue.mild_wording.search(t) for t in texts]
             if all(found) and not any(
                 self.severity.modifier(t, f) for t, f in zip(texts, found, strict=True)
@@ -249,7 +256,7 @@ class Triager:
             confident = float(self.catalogue.semantic["confident_similarity"])
             named = [r for r in mild_now if r.layer == "pattern"]
             red_best = max(s.reason.score or 0.0 for s, _ in urgent)
-            mild_best = max((r.score or 0.0 for r in mild_now if r.layer == "semantic"), default=0.0)
+            mild_best = max((s.similarity for s, (r, _) in mild if r not in SET_ASIDE), default=0.0)
             # Only a single complaint: several together ("bad headache, keeps throwing up, wants
             # the lights off") are how red flags present.
             if named and len(reader.clauses) == 1 and red_best < confident and mild_best >= red_best:
