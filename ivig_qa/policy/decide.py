@@ -3,8 +3,9 @@
 Decided before anything is composed, from the message, its triage and its retrieval, so a
 streamed answer is never replaced by a refusal at the end. Every outcome carries its reasons.
 
-Order: a red flag someone is having (urgent care) → a message mostly in another language → a
-mild symptom now (answered, "tell your care team") → a personal decision → scope (not in the
+Order: a red flag or a severe symptom someone is having (urgent care) → a message mostly in
+another language → a personal decision → a mild symptom now (answered, "tell your care team") →
+a symptom told as past or gone (answered, "tell your care team") → scope (not in the
 sources, or answered with the uncovered part named) → answered.
 """
 
@@ -13,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ivig_qa.policy.language import Language
+from ivig_qa.policy.reading import PAST, RESOLVED
 from ivig_qa.policy.scope import Coverage
-from ivig_qa.policy.triage import RESOLVED, Triage, is_personal
+from ivig_qa.policy.triage import Triage, is_personal
 from ivig_qa.types import Decision, Reason, Status
 
 
@@ -62,19 +64,27 @@ def decide(f: Findings, thresholds: Thresholds) -> Decision:
         return Decision(
             Status.ANSWERED, (lang, closeness, *noted), injection=f.injection, language=f.language.code
         )
-    if f.triage.is_mild:
-        return Decision(
-            Status.ANSWERED, (*f.triage.reasons, closeness, *noted), injection=f.injection, symptom="mild"
-        )
-    past = "past" if f.triage.reading == RESOLVED and f.triage.set_aside else ""
+    past = "past" if f.triage.reading in (RESOLVED, PAST) and f.triage.set_aside else ""
     seen = f.triage.reasons
     unknown = f.coverage.unknown
     # "should I stop my <unlisted drug> before IVIG?" is still a decision for the care team;
     # "which crypto should I buy?" (unknown subject, no treatment named) is simply not covered.
+    # A decision asked about beside a mild symptom ("should I skip my dose? I've a cold") is
+    # still a decision.
     if is_personal(f.message) and (not unknown or (close and f.treatment)):
         reasons = (Reason(id="personal.decision", layer="pattern"), *seen, closeness, *noted)
         return Decision(Status.PERSONAL_ADVICE, reasons, unknown, f.injection)
+    if f.triage.is_mild:
+        return Decision(
+            Status.ANSWERED, (*f.triage.reasons, closeness, *noted), injection=f.injection, symptom="mild"
+        )
     unknown_reason = Reason(id="scope.unknown_terms", layer="scope", detail=", ".join(unknown))
+    # A symptom told as past or gone ("a clot two years ago, it's gone: does it matter?") asks
+    # about the writer's own story: answered with "tell your care team" when its words are
+    # covered, even if no single sentence is close to the whole story.
+    if past and not unknown and not close:
+        described = Reason(id="scope.described_symptom", layer="scope")
+        return Decision(Status.ANSWERED, (described, *seen, closeness, *noted), (), f.injection, symptom=past)
     if unknown or not close:
         reasons = (*((unknown_reason,) if unknown else ()), *seen, closeness, *noted)
         return Decision(Status.NOT_IN_SOURCES, reasons, unknown, f.injection)

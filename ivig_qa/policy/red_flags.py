@@ -3,7 +3,7 @@
 A concept is a clinical sign with an id, a tier (``red_flag`` → urgent care, ``mild`` → answered
 with "tell your care team"), patterns, lay descriptions and "not this" neighbours. The
 semantic layer (``policy.semantic``) reads the descriptions; this module reads the patterns and
-the "now" / "general question" / "resolved" signals.
+the "now" / "general question" / "resolved" / "past" signals.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Signals:
 
     patterns: tuple[re.Pattern[str], ...]
     examples: tuple[str, ...]
+    counter_examples: tuple[str, ...] = ()
 
     def search(self, text: str) -> re.Match[str] | None:
         return next((m for p in self.patterns if (m := p.search(text))), None)
@@ -61,8 +62,13 @@ class Catalogue:
     mild_wording: Signals
     general: Signals
     resolved: Signals
+    past: Signals
+    reassurance: Signals
+    condition: Signals
     context: tuple[re.Pattern[str], ...]
     semantic: dict[str, float]
+    not_event: tuple[str, ...] = ()
+    """Conditions, histories, recurring illnesses: counter-examples of every red flag."""
 
     @classmethod
     @cache
@@ -80,8 +86,12 @@ class Catalogue:
             for c in raw["concept"]
         )
         signals = {
-            name: Signals(_compile(raw[name]["patterns"]), tuple(raw[name].get("examples", [])))
-            for name in ("now", "general", "resolved")
+            name: Signals(
+                _compile(raw[name]["patterns"]),
+                tuple(raw[name].get("examples", [])),
+                tuple(raw[name].get("counter_examples", [])),
+            )
+            for name in ("now", "general", "resolved", "past", "reassurance", "condition")
         }
         weak_now = Signals(_compile(raw["now"]["weak_patterns"]), ())
         unless = Signals(_compile(raw["resolved"]["unless"]), ())
@@ -94,6 +104,7 @@ class Catalogue:
             mild_wording=mild_wording,
             context=context,
             semantic=dict(raw["semantic"]),
+            not_event=tuple(raw.get("not_event", {}).get("examples", [])),
             **signals,
         )
 
@@ -115,6 +126,7 @@ class Catalogue:
     def words(self) -> frozenset[str]:
         """Every word of the descriptions (typos are corrected towards these)."""
         texts = [t for c in self.concepts for t in (*c.descriptions, *c.not_this, c.meaning)]
+        texts += self.not_event
         return frozenset(w for t in texts for w in TOKEN.findall(t.lower()) if w.isalpha())
 
 
@@ -123,6 +135,8 @@ class PatternHit:
     concept: Concept
     index: int
     text: str
+    start: int = 0
+    end: int = 0
 
 
 def pattern_hits(catalogue: Catalogue, text: str) -> list[PatternHit]:
@@ -132,6 +146,6 @@ def pattern_hits(catalogue: Catalogue, text: str) -> list[PatternHit]:
         for i, pattern in enumerate(concept.patterns):
             m = pattern.search(text)
             if m:
-                hits.append(PatternHit(concept, i, m.group()))
+                hits.append(PatternHit(concept, i, m.group(), m.start(), m.end()))
                 break
     return hits

@@ -34,6 +34,9 @@ _SECOND_QUESTION = re.compile(
 )
 
 
+# A word's parts: hyphenated words split, and contractions cut off ("isn't" → "is", "it's" → "it").
+_WORD_PARTS = re.compile(r"-|n't\b|'(?:s|re|ve|ll|d|m|t)?\b")
+
 _ASKS = re.compile(
     r"\?\s*$|^\W*(what|whats|how|why|when|where|which|who|does|do|did|is|are|can|could|will|would|"
     r"should|has|have|was|were|any|tell me)\b"
@@ -110,10 +113,12 @@ class ScopeChecker:
         return [w for w, b in zip(words, best, strict=True) if b >= self.rules.everyday_min_similarity]
 
     def _covered(self, word: str) -> bool:
+        """In the sources, as itself, an inflection, or a misspelling of a sources' word. A common
+        English word is not a misspelling of another one ("makeup" is not "make")."""
         return (
             word in self.vocabulary
-            or self.vocabulary.closest(word) is not None
             or self.vocabulary.has_prefix_of(word)
+            or (not self._common(word) and self.vocabulary.closest(word) is not None)
         )
 
     def _common(self, word: str) -> bool:
@@ -154,7 +159,7 @@ class ScopeChecker:
         text = fold(question_part(question) if whole else question)
         unknown: list[str] = []
         common: list[str] = []
-        words = [p for w in WORD.findall(text) for p in re.split(r"-|'s?\b", w) if p]
+        words = [p for w in WORD.findall(text) for p in _WORD_PARTS.split(w) if p]
         for bare in dict.fromkeys(words):
             if (
                 len(bare) >= 3

@@ -28,7 +28,7 @@ Encoder = Callable[[list[str]], list[list[float]]]
 _SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
 _CLAUSE = re.compile(r",\s+|\s+-+\s+|\s+(?:and|but|so|because|plus|then|also)\s+", re.IGNORECASE)
 MIN_CLAUSE_WORDS = 3
-MAX_CLAUSES = 8
+MAX_CLAUSES = 12
 BATCH = 32  # texts per encoder call when embedding the catalogue
 
 
@@ -127,6 +127,8 @@ class SemanticLayer:
             owner += [i] * len(concept.descriptions)
             neg_texts += concept.not_this
             neg_urgent += [concept.urgent] * len(concept.not_this)
+        neg_texts += catalogue.not_event
+        neg_urgent += [True] * len(catalogue.not_event)
         self.pos_texts = pos_texts
         self.neg_texts = neg_texts
         texts = [self.core(t) for t in pos_texts + neg_texts]
@@ -186,38 +188,76 @@ class SemanticLayer:
             return np.zeros((0, self.pos.shape[1] if len(self.pos) else 1), dtype=np.float32)
         return np.stack([known[c] if c in known else fresh[c] for c in cores])
 
-    def best(self, parts: Sequence[str], vectors: np.ndarray) -> list[SemanticHit]:
-        """Every concept's best clause (the one that fires, else the closest), most similar first."""
-        if not len(parts) or not len(self.pos):
-            return []
+    def scores(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per clause × concept: the closest description's similarity, its column, the closest
+        counter-example's similarity; and per clause the closest description of any concept."""
+        n, k = len(vectors), len(self.catalogue.concepts)
+        best = np.full((n, k), -1.0, dtype=np.float32)
+        where = np.zeros((n, k), dtype=np.int64)
+        against = np.full((n, k), -1.0, dtype=np.float32)
+        if not n or not len(self.pos):
+            return best, where, against, np.full(n, -1.0, dtype=np.float32)
         sims = vectors @ self.pos.T  # clauses × descriptions
         negs = vectors @ self.neg.T  # clauses × counter-examples
 
         def rows_max(m: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            return m[:, rows].max(axis=1) if len(rows) else np.full(len(parts), -1.0)
+            return m[:, rows].max(axis=1) if len(rows) else np.full(n, -1.0)
 
         counter = {
             True: np.maximum(rows_max(negs, self.red_neg_rows), rows_max(sims, self.mild_rows)),
             False: np.maximum(rows_max(negs, self.mild_neg_rows), rows_max(sims, self.red_rows)),
         }
-        hits: list[SemanticHit] = []
         for i, concept in enumerate(self.catalogue.concepts):
             cols = np.flatnonzero(self.owner == i)
             if not len(cols):
                 continue
             block = sims[:, cols]
-            row_best = block.max(axis=1)
-            against = counter[concept.urgent]
+            best[:, i] = block.max(axis=1)
+            where[:, i] = cols[block.argmax(axis=1)]
+            against[:, i] = counter[concept.urgent]
+        return best, where, against, sims.max(axis=1)
+
+    def best(self, parts: Sequence[str], vectors: np.ndarray) -> list[SemanticHit]:
+        """Every concept's best clause (the one that fires, else the closest), most similar first."""
+        if not len(parts) or not len(self.pos):
+            return []
+        best, where, against, _ = self.scores(vectors)
+        hits: list[SemanticHit] = []
+        for i, concept in enumerate(self.catalogue.concepts):
+            if not (self.owner == i).any():
+                continue
             floor, margin = self.limits(concept)
-            ok = (row_best >= floor) & (row_best - against >= margin)
-            row = int(np.argmax(np.where(ok, row_best, row_best - 10.0)))
-            col = int(np.argmax(block[row]))
+            ok = (best[:, i] >= floor) & (best[:, i] - against[:, i] >= margin)
+            row = int(np.argmax(np.where(ok, best[:, i], best[:, i] - 10.0)))
             hits.append(
                 SemanticHit(
-                    concept, parts[row], float(row_best[row]), float(against[row]), self.pos_texts[cols[col]]
+                    concept,
+                    parts[row],
+                    float(best[row, i]),
+                    float(against[row, i]),
+                    self.pos_texts[where[row, i]],
                 )
             )
         return sorted(hits, key=lambda h: -h.similarity)
+
+    def firing(self, parts: Sequence[str], vectors: np.ndarray) -> list[tuple[int, SemanticHit]]:
+        """Every (clause index, hit) pair that fires, for every concept."""
+        if not len(parts) or not len(self.pos):
+            return []
+        best, where, against, _ = self.scores(vectors)
+        out: list[tuple[int, SemanticHit]] = []
+        for i, concept in enumerate(self.catalogue.concepts):
+            floor, margin = self.limits(concept)
+            for row in np.flatnonzero((best[:, i] >= floor) & (best[:, i] - against[:, i] >= margin)):
+                hit = SemanticHit(
+                    concept,
+                    parts[row],
+                    float(best[row, i]),
+                    float(against[row, i]),
+                    self.pos_texts[where[row, i]],
+                )
+                out.append((int(row), hit))
+        return out
 
     def limits(self, concept: Concept) -> tuple[float, float]:
         """The similarity floor and the margin over the counter-examples, for the concept's tier."""

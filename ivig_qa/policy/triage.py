@@ -22,8 +22,9 @@ from functools import cache
 import numpy as np
 
 from ivig_qa import data
+from ivig_qa.policy.reading import NOW, SET_ASIDE, Reader, Severity, covering
 from ivig_qa.policy.red_flags import Catalogue, pattern_hits
-from ivig_qa.policy.semantic import SemanticLayer, clauses
+from ivig_qa.policy.semantic import MAX_CLAUSES, MIN_CLAUSE_WORDS, SemanticLayer
 from ivig_qa.text import collapse_space, fold
 from ivig_qa.types import Reason
 
@@ -35,6 +36,10 @@ def _compile(patterns: list[str]) -> list[re.Pattern[str]]:
 @dataclass(frozen=True)
 class Rules:
     decision: list[re.Pattern[str]]
+    may_take: re.Pattern[str]
+    particulars: list[re.Pattern[str]]
+    personal_examples: tuple[str, ...]
+    personal_counter_examples: tuple[str, ...]
     subject: list[re.Pattern[str]]
     injection: list[re.Pattern[str]]
     quantity: re.Pattern[str]
@@ -53,6 +58,10 @@ class Rules:
         r = data.load("triage.toml")
         return cls(
             decision=_compile(r["personal"]["decision"]),
+            may_take=re.compile(r["personal"]["may_take"], re.IGNORECASE),
+            particulars=_compile(r["personal"]["particulars"]),
+            personal_examples=tuple(r["personal"]["examples"]),
+            personal_counter_examples=tuple(r["personal"]["counter_examples"]),
             subject=_compile(r["personal"]["subject"]),
             injection=_compile(r["scope"]["injection"]),
             quantity=re.compile(r["scope"]["quantity_pattern"]),
@@ -72,26 +81,9 @@ def _any(patterns: list[re.Pattern[str]], text: str) -> bool:
 
 
 # -- how the message reads --------------------------------------------------------------------
-NOW, GENERAL, RESOLVED, UNSURE = "now", "general", "resolved", "unsure"
-
-
 def reading(text: str, catalogue: Catalogue | None = None) -> tuple[str, Reason]:
-    """Whether ``text`` (folded) describes something happening now, a general question, or a
-    past symptom that has gone; ``unsure`` when none of these shows."""
-    cat = catalogue or Catalogue.load()
-    strong = cat.now.search(text)
-    if cat.resolved.search(text) and not cat.resolved_unless.search(text):
-        m = cat.resolved.search(text)
-        return RESOLVED, Reason(id="triage.resolved", layer="pattern", detail=m.group() if m else "")
-    if strong:
-        return NOW, Reason(id="triage.now", layer="pattern", detail=strong.group())
-    general = cat.general.search(text)
-    if general:
-        return GENERAL, Reason(id="triage.general_question", layer="pattern", detail=general.group())
-    weak = cat.weak_now.search(text)
-    if weak:
-        return NOW, Reason(id="triage.now", layer="pattern", detail=weak.group())
-    return UNSURE, Reason(id="triage.unsure", layer="pattern")
+    """How ``text`` (folded) reads as a whole: now when any clause says so (``policy.reading``)."""
+    return Reader(text, catalogue or Catalogue.load()).message()
 
 
 @dataclass(frozen=True)
@@ -123,34 +115,86 @@ class Triage:
         return ()
 
 
+@dataclass
+class _Sign:
+    """One concept found in the message: its reason and the clauses that carry it."""
+
+    reason: Reason
+    carriers: set[int]
+    semantic_only: bool = True
+    similarity: float = 0.0
+    """The semantic layer's best similarity for the concept (0 when it did not fire)."""
+
+
+CARRIER_SLACK = 0.05
+"""A clause of a sentence that fires carries the sign when this close to the sentence's score."""
+
+
 class Triager:
     """Both layers over one catalogue; ``semantic`` may be None (patterns only)."""
 
     def __init__(self, catalogue: Catalogue, semantic: SemanticLayer | None = None) -> None:
         self.catalogue = catalogue
         self.semantic = semantic
+        self.severity = Severity.load()
+
+    @staticmethod
+    def _parts(reader: Reader) -> tuple[list[str], list[list[int]]]:
+        """What the semantic layer compares: each sentence and, for those of several clauses,
+        each clause of 3+ words; with the clauses each text covers."""
+        texts: list[str] = []
+        covers: list[list[int]] = []
+        for n, sentence in reader.sentences.items():
+            own = [i for i, c in enumerate(reader.clauses) if c.sentence == n]
+            texts.append(sentence)
+            covers.append(own)
+            if len(own) > 1:
+                for i in own:
+                    if len(reader.clauses[i].text.split()) >= MIN_CLAUSE_WORDS:
+                        texts.append(reader.clauses[i].text)
+                        covers.append([i])
+        return texts[:MAX_CLAUSES], covers[:MAX_CLAUSES]
 
     def assess(self, text: str, known: Mapping[str, np.ndarray] | None = None) -> Triage:
         """Triage of ``text`` (normalised; spelling corrected). ``known``: vectors already computed
         (core text → vector), reused instead of embedding again."""
         folded = fold(text)
-        read, why = reading(folded, self.catalogue)
-        red: list[Reason] = []
-        mild: list[Reason] = []
-        for hit in pattern_hits(self.catalogue, folded):
+        reader = Reader(folded, self.catalogue, self.severity)
+        signs: dict[str, _Sign] = {}
+        hits = pattern_hits(self.catalogue, folded)
+        for hit in hits:
             reason = Reason(
                 id=f"urgent.{hit.concept.id}" if hit.concept.urgent else hit.concept.id,
                 layer="pattern",
                 detail=f"pattern {hit.index}: {hit.text}",
             )
-            (red if hit.concept.urgent else mild).append(reason)
-        # A general question or a symptom that has gone is answered whatever the semantic layer
-        # finds (its hits would be set aside), so its embedding is spared.
-        if self.semantic is not None and read not in (GENERAL, RESOLVED):
-            parts = clauses(folded)
+            signs[hit.concept.id] = _Sign(reason, set(covering(reader.clauses, hit.start, hit.end)), False)
+        symptom_clauses = {i for h in hits for i in covering(reader.clauses, h.start, h.end)}
+        if self.semantic is not None and reader.clauses:
+            parts, covers = self._parts(reader)
             vectors = self.semantic.embed(parts, dict(known or {}))
-            for hit in self.semantic.best(parts, vectors):
-                if not self.semantic.fires(hit):
+            best, _, _, any_sim = self.semantic.scores(vectors)
+            symptom_clauses |= {
+                cover[0]
+                for cover, sim in zip(covers, any_sim, strict=True)
+                if len(cover) == 1 and sim >= self.severity.min_similarity
+            }
+            concepts = {c.id: k for k, c in enumerate(self.semantic.catalogue.concepts)}
+            for row, hit in sorted(self.semantic.firing(parts, vectors), key=lambda rh: -rh[1].similarity):
+                k = concepts[hit.concept.id]
+                floor, _ = self.semantic.limits(hit.concept)
+                own = [
+                    covers[r][0]
+                    for r in range(len(parts))
+                    if len(covers[r]) == 1
+                    and covers[r][0] in covers[row]
+                    and best[r, k] >= min(floor, hit.similarity) - CARRIER_SLACK
+                ]
+                carriers = set(own or covers[row])
+                sign = signs.get(hit.concept.id)
+                if sign is not None:
+                    sign.carriers |= carriers
+                    sign.similarity = max(sign.similarity, hit.similarity)
                     continue
                 reason = Reason(
                     id=f"urgent.{hit.concept.id}" if hit.concept.urgent else hit.concept.id,
@@ -158,38 +202,86 @@ class Triager:
                     score=round(hit.similarity, 4),
                     detail=f"closest: “{hit.example}” (counter {hit.counter:.2f}) for “{hit.clause}”",
                 )
-                (red if hit.concept.urgent else mild).append(reason)
-        mild = [
-            Reason(id=f"symptom.{r.id.removeprefix('mild.')}", layer=r.layer, score=r.score, detail=r.detail)
-            for r in mild
+                signs[hit.concept.id] = _Sign(reason, carriers, similarity=hit.similarity)
+        severe = reader.severe_now(lambda unit: bool(symptom_clauses & set(unit)))
+        return self._decide(reader, signs, severe)
+
+    def _decide(self, reader: Reader, signs: dict[str, _Sign], severe: list[Reason]) -> Triage:
+        """Urgent when a red flag or a severe symptom is carried by a clause that reads as now."""
+        red: list[tuple[_Sign, tuple[str, Reason]]] = []
+        mild: list[tuple[_Sign, tuple[str, Reason]]] = []
+        reassured: list[Reason] = []
+        conditions: list[Reason] = []
+        for concept_id, sign in signs.items():
+            if sign.semantic_only and self.catalogue.concept(concept_id).urgent:
+                # The model reads the body part, not whether something is happening: clauses that
+                # say all is normal, or that someone has a condition, do not carry the sign.
+                calm = {i for i in sign.carriers if reader.reassured(i)}
+                told = {i for i in sign.carriers if reader.condition(i)}
+                kept = sign.carriers - calm - told
+                if not kept:
+                    (reassured if calm else conditions).append(sign.reason)
+                    continue
+                sign.carriers = kept
+            read = reader.carried(sorted(sign.carriers))
+            (red if self.catalogue.concept(concept_id).urgent else mild).append((sign, read))
+        mild_now = [
+            Reason(
+                id=f"symptom.{s.reason.id.removeprefix('mild.')}",
+                layer=s.reason.layer,
+                score=s.reason.score,
+                detail=s.reason.detail,
+            )
+            for s, (r, _) in mild
+            if r not in SET_ASIDE
         ]
-        if red and all(r.layer == "semantic" for r in red):
-            worded = self.catalogue.mild_wording.search(folded)
-            if worded:
-                aside = Reason(id="triage.mild_wording", layer="pattern", detail=worded.group())
-                return self._not_urgent(mild, (*red, aside), read, why)
+        mild_aside = [s.reason for s, (r, _) in mild if r in SET_ASIDE]
+        urgent = [(s, read) for s, read in red if read[0] not in SET_ASIDE]
+        aside = [s.reason for s, read in red if read[0] in SET_ASIDE]
+        # The model reads topic, not severity: a red flag found by the semantic layer alone, every
+        # clause of which is worded as mild, is a mild symptom ("a bit grumpy and warm").
+        worded: list[Reason] = []
+        for s, read in list(urgent):
+            if not s.semantic_only or not s.carriers:
+                continue
+            texts = [reader.group(i) for i in s.carriers]
+            found = [self.catalogue.mild_wording.search(t) for t in texts]
+            if all(found) and not any(
+                self.severity.modifier(t, f) for t, f in zip(texts, found, strict=True)
+            ):
+                urgent.remove((s, read))
+                aside.append(s.reason)
+                worded.append(Reason(id="triage.mild_wording", layer="pattern", detail=found[0].group()))  # type: ignore[union-attr]
+        if urgent and not severe and all(s.semantic_only for s, _ in urgent):
             confident = float(self.catalogue.semantic["confident_similarity"])
-            named = [r for r in mild if r.layer == "pattern"]
-            red_best = max(r.score or 0.0 for r in red)
-            mild_best = max((r.score or 0.0 for r in mild if r.layer == "semantic"), default=0.0)
+            named = [r for r in mild_now if r.layer == "pattern"]
+            red_best = max(s.reason.score or 0.0 for s, _ in urgent)
+            mild_best = max((s.similarity for s, (r, _) in mild if r not in SET_ASIDE), default=0.0)
             # Only a single complaint: several together ("bad headache, keeps throwing up, wants
             # the lights off") are how red flags present.
-            single = len(clauses(folded)) == 1
-            if named and single and red_best < confident and mild_best >= red_best:
-                aside = Reason(id="triage.mild_named", layer="pattern", detail=named[0].detail)
-                return self._not_urgent(mild, (*red, aside), read, why)
-        if red and read in (GENERAL, RESOLVED):
-            return Triage((), (), tuple(red), read, why)
-        if red:
-            return Triage(tuple(red), (), (), read, why)
-        return self._not_urgent(mild, (), read, why)
-
-    @staticmethod
-    def _not_urgent(mild: list[Reason], aside: tuple[Reason, ...], read: str, why: Reason) -> Triage:
-        """A mild symptom someone has now, or nothing urgent (``aside``: red flags set aside)."""
-        if mild and read not in (GENERAL, RESOLVED):
-            return Triage((), tuple(mild), aside, read, why)
-        return Triage((), (), (*aside, *mild), read, why)
+            if named and len(reader.clauses) == 1 and red_best < confident and mild_best >= red_best:
+                aside += [s.reason for s, _ in urgent]
+                worded.append(Reason(id="triage.mild_named", layer="pattern", detail=named[0].detail))
+                urgent = []
+        if urgent or severe:
+            reasons = [s.reason for s, _ in urgent] + severe
+            read, why = urgent[0][1] if urgent else reader.message()
+            if read in SET_ASIDE:
+                read, why = NOW, Reason(id="triage.now", layer="pattern", detail="severe now")
+            return Triage(tuple(reasons), (), (), read, why)
+        if reassured:
+            aside += reassured
+            worded.append(Reason(id="triage.reassured", layer="pattern"))
+        if worded and not mild_now:
+            mild_now = [Reason(id="symptom.mild_worded", layer="pattern", detail=worded[0].detail)]
+        if conditions:
+            aside += [*conditions, Reason(id="triage.condition", layer="pattern")]
+        aside_reads = [read for s, read in red if read[0] in SET_ASIDE]
+        if mild_now:
+            read, why = next((r for s, r in mild if r[0] not in SET_ASIDE), None) or reader.message()
+            return Triage((), tuple(mild_now), (*aside, *worded), read, why)
+        read, why = aside_reads[0] if aside_reads else reader.message()
+        return Triage((), (), (*aside, *worded, *mild_aside), read, why)
 
 
 @cache
@@ -214,7 +306,11 @@ def is_personal(message: str) -> bool:
     """Asks for a decision about the writer or someone in their care."""
     text = fold(message)
     rules = Rules.load()
-    return _any(rules.subject, text) and _any(rules.decision, text)
+    if not _any(rules.subject, text):
+        return False
+    if _any(rules.decision, text):
+        return True
+    return bool(rules.may_take.search(text)) and _any(rules.particulars, text)
 
 
 def has_injection(message: str) -> bool:
