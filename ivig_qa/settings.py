@@ -142,6 +142,12 @@ class LLMSettings(_Group):
     openai_api_key: SecretStr | None = Field(
         None, description="Sent as `Authorization: Bearer …` to the OpenAI-compatible server."
     )
+    server_params: dict[str, float | int | str] = Field(
+        default_factory=lambda: {"repeat_penalty": 1.0},
+        description="openai: extra sampling fields sent in every request's body. llama.cpp's server "
+        "would otherwise penalise repeats (1.1), unlike the local backend; {} for servers that reject "
+        "unknown fields (OpenAI itself).",
+    )
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(220, ge=16, description="Longest generated answer, in tokens.")
     timeout_s: float = Field(

@@ -79,6 +79,7 @@ def _model_key(settings: Settings) -> tuple:
         settings.llm.model_name,
         settings.llm.openai_api_key.get_secret_value() if settings.llm.openai_api_key else None,
         settings.llm.timeout_s,
+        tuple(sorted(settings.llm.server_params.items())),
         settings.llm.base_url,
         settings.llm.n_ctx,
         settings.llm.n_threads,
@@ -124,6 +125,8 @@ def _openai_model(settings: Settings) -> LoadedModel:
         # The engine has its own first-token and total limits and falls back when they pass;
         # a retry would only double the wait for a server that is down or overloaded.
         max_retries=0,
+        seed=0,  # as the local backend: the same question gets the same answer
+        extra_body=dict(settings.llm.server_params) or None,
     )
     # A remote server handles its own concurrency: a lock that never blocks.
     return LoadedModel(chat, name, lock=contextlib.nullcontext())
