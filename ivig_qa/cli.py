@@ -271,35 +271,57 @@ def eval_command(
 @app.command()
 def models(
     join: Annotated[
-        bool, typer.Option("--join", help="Join the installed parts into the cache now (and verify).")
+        bool, typer.Option("--join", help="Join the model's installed parts into the cache now (and verify).")
     ] = False,
     full: Annotated[
         bool, typer.Option("--verify", help="Hash the joined file again instead of trusting its stamp.")
     ] = False,
+    name: Annotated[
+        str | None, typer.Option("--model", help="A packaged model by name (default: llm.model).")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Show the packaged LLM for `engine = "llm"`: its parts, the joined file and its SHA-256 check."""
+    """List the packaged LLMs for `engine = "llm"` (installed, joined, verified) and show one in detail."""
     import importlib.util
-
-    from rich.markup import escape
 
     from ivig_qa.engines.llm import models as packaged
 
     settings = load_settings(config)
+    try:
+        spec = packaged.get(name or settings.llm.model)
+    except packaged.ModelUnavailableError as exc:
+        err.print("[red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     if join:
         with _progress() as bar:
-            task = bar.add_task("joining model parts (MB)", total=None)
+            task = bar.add_task(f"joining {spec.name} (MB)", total=None)
             try:
                 packaged.assemble(
                     settings.llm.model_dir,
+                    spec,
                     full_check=full,
                     progress=lambda done, total: bar.update(task, completed=done >> 20, total=total >> 20),
                 )
             except packaged.ModelUnavailableError as exc:
                 err.print("[red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
-    state = packaged.status(settings.llm.model_dir, full_check=full)
-    table = Table(title="LLM (engine = llm)", show_header=False)
+    listing = Table(title="Packaged LLMs (llm.model)")
+    for column in ("model", "parts installed", "joined", "verified", "license"):
+        listing.add_column(column, overflow="fold")
+    for entry in packaged.registry().values():
+        st = packaged.status(settings.llm.model_dir, entry, full_check=full and entry is spec)
+        mark = " (selected)" if entry.name == spec.name else ""
+        mark += " (default)" if entry.name == packaged.default_name() else ""
+        listing.add_row(
+            entry.name + mark,
+            f"{st.parts_installed}/{entry.count}",
+            "yes" if st.exists else "no",
+            "[green]yes[/]" if st.verified else "no",
+            entry.license,
+        )
+    console.print(listing)
+    state = packaged.status(settings.llm.model_dir, spec, full_check=full)
+    table = Table(title=f"LLM (engine = llm): {spec.name}", show_header=False)
     table.add_column("what", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     table.add_row("engine in use", settings.answer.engine)
@@ -307,21 +329,22 @@ def models(
     libs = {m: importlib.util.find_spec(m) is not None for m in ("llama_cpp", "langchain_openai")}
     table.add_row("libraries", ", ".join(f"{m}: {'yes' if ok else 'no'}" for m, ok in libs.items()))
     if settings.llm.model_path is not None:
-        table.add_row("model file (llm_model_path)", str(settings.llm.model_path))
-    table.add_row("packaged model", f"{packaged.MODEL_NAME} ({packaged.PART_COUNT} parts)")
+        table.add_row("model file (llm.model_path)", str(settings.llm.model_path))
+    table.add_row("packaged model", f"{spec.name} ({spec.count} parts)")
+    table.add_row("source", f"{spec.source}; publisher: {spec.publisher}")
+    table.add_row("chat template", spec.chat_template)
     versions = sorted({p.version for p in state.parts if p.version})
     table.add_row(
         "parts installed",
-        f"{state.parts_installed}/{packaged.PART_COUNT}"
-        + (f" (version {', '.join(versions)})" if versions else ""),
+        f"{state.parts_installed}/{spec.count}" + (f" (version {', '.join(versions)})" if versions else ""),
     )
-    missing = [str(p.n) for p in state.parts if not p.installed]
+    missing = [p.distribution for p in state.parts if not p.installed]
     if missing:
         table.add_row("parts missing", ", ".join(missing) + f" — {escape(packaged.INSTALL_HINT)}")
     table.add_row("joined file", f"{state.path}" + ("" if state.exists else " (not joined yet)"))
     if state.size is not None:
         table.add_row("size", f"{state.size:,} bytes")
-    table.add_row("expected SHA-256", packaged.MODEL_SHA256)
+    table.add_row("expected SHA-256", spec.sha256)
     if full and state.sha256:
         table.add_row("SHA-256 now", state.sha256)
     how = "hashed now" if full else "size+mtime stamp of the last full check"

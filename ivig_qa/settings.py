@@ -126,17 +126,29 @@ class LLMSettings(_Group):
     backend: Literal["llamacpp", "openai"] = Field(
         "llamacpp", description="llamacpp: a local GGUF in-process; openai: any OpenAI-compatible server."
     )
+    model: str = Field(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m",
+        description="A packaged model by name (ivig_qa/data/models.toml; `ivig-qa models` lists them).",
+    )
     model_path: Path | None = Field(
-        None, description="A GGUF file (llamacpp). Default: the packaged model, joined into llm_model_dir."
+        None, description="A GGUF file (llamacpp) instead of the packaged llm.model, used as it is."
     )
     model_dir: Path = Field(
         Path("~/.cache/ivig-qa/models"), description="Where the packaged model's parts are joined."
     )
-    model_name: str = Field(
-        "qwen2.5-coder-1.5b-instruct-q4_k_m", description="Shown in `engine`; the model name for openai."
+    model_name: str | None = Field(
+        None, description="openai: the model the server is asked for (default: llm.model); shown in `engine`."
     )
     base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://host:8000/v1.")
-    openai_api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible server.")
+    openai_api_key: SecretStr | None = Field(
+        None, description="Sent as `Authorization: Bearer …` to the OpenAI-compatible server."
+    )
+    server_params: dict[str, float | int | str] = Field(
+        default_factory=lambda: {"repeat_penalty": 1.0},
+        description="openai: extra sampling fields sent in every request's body. llama.cpp's server "
+        "would otherwise penalise repeats (1.1), unlike the local backend; {} for servers that reject "
+        "unknown fields (OpenAI itself).",
+    )
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(220, ge=16, description="Longest generated answer, in tokens.")
     timeout_s: float = Field(

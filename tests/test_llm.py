@@ -7,11 +7,8 @@ questions with the real local model through llama.cpp and is skipped only when t
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -295,70 +292,6 @@ def test_llm_checker_is_registered_for_the_eval() -> None:
     passage = "It takes anywhere between 1,000 and 100,000 donors for one dose."
     assert checker.supports("One dose takes between 1,000 and 100,000 donors.", [passage])
     assert not checker.supports("One dose takes between 10 and 100 donors.", [passage])
-
-
-# -- the packaged model: join, verify, refuse --------------------------------------------------------
-@pytest.fixture
-def fake_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    blobs = [os.urandom(1000 + i) for i in range(3)]
-    paths = []
-    for i, blob in enumerate(blobs, start=1):
-        path = tmp_path / f"part{i:02d}.bin"
-        path.write_bytes(blob)
-        paths.append(path)
-    infos = [models.PartInfo(i, f"p{i}", "0.2.0", p, p.stat().st_size) for i, p in enumerate(paths, 1)]
-    monkeypatch.setattr(models, "parts", lambda: list(infos))
-    monkeypatch.setattr(models, "MODEL_SHA256", hashlib.sha256(b"".join(blobs)).hexdigest())
-    return blobs
-
-
-def test_model_parts_are_joined_verified_and_cached(tmp_path: Path, fake_parts: list[bytes]) -> None:
-    cache = tmp_path / "cache"
-    path = models.assemble(cache)
-    assert path.read_bytes() == b"".join(fake_parts)
-    assert models.status(cache).verified and models.status(cache, full_check=True).verified
-    mtime = path.stat().st_mtime_ns
-    assert models.assemble(cache) == path and path.stat().st_mtime_ns == mtime  # the stamp is trusted
-    # A file changed behind our back (same size, new mtime) no longer matches its stamp: re-joined.
-    path.write_bytes(b"\0" * path.stat().st_size)
-    assert not models.status(cache).verified
-    assert models.assemble(cache).read_bytes() == b"".join(fake_parts)
-    stamp = json.loads(path.with_name(path.name + ".verified.json").read_text())
-    assert stamp["sha256"] == models.MODEL_SHA256 and stamp["size"] == path.stat().st_size
-
-
-def test_a_join_with_the_wrong_hash_is_refused(
-    tmp_path: Path, fake_parts: list[bytes], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(models, "MODEL_SHA256", "0" * 64)
-    cache = tmp_path / "cache"
-    with pytest.raises(models.ModelVerificationError, match="refusing"):
-        models.assemble(cache)
-    assert not any(cache.iterdir())  # nothing half-written or unverified is left behind
-
-
-def test_missing_parts_name_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "parts", lambda: [models.PartInfo(1, "p1", None, None, None)])
-    with pytest.raises(models.ModelUnavailableError, match=r"1 of 22 parts missing.*pip install"):
-        models.assemble(tmp_path)
-
-
-def test_models_command_shows_the_packaged_model(tmp_path: Path, fake_parts, monkeypatch) -> None:
-    from typer.testing import CliRunner
-
-    from ivig_qa.cli import app
-
-    monkeypatch.setenv("IVIG_QA_LLM__MODEL_DIR", str(tmp_path / "m"))
-    runner = CliRunner()
-
-    def flat(out: str) -> str:  # the table's cells, unwrapped
-        return re.sub(r"[│\s]+", " ", out)
-
-    before = runner.invoke(app, ["models"])
-    assert before.exit_code == 0 and "not joined yet" in flat(before.stdout)
-    joined = runner.invoke(app, ["models", "--join", "--verify"])
-    assert joined.exit_code == 0, joined.output
-    assert "verified (hashed now)" in flat(joined.stdout) and "3/22" in flat(joined.stdout)
 
 
 # -- the real local model through llama.cpp ----------------------------------------------------------

@@ -75,7 +75,11 @@ def _model_key(settings: Settings) -> tuple:
     return (
         settings.llm.backend,
         str(settings.llm.model_path or settings.llm.model_dir),
+        settings.llm.model,
         settings.llm.model_name,
+        settings.llm.openai_api_key.get_secret_value() if settings.llm.openai_api_key else None,
+        settings.llm.timeout_s,
+        tuple(sorted(settings.llm.server_params.items())),
         settings.llm.base_url,
         settings.llm.n_ctx,
         settings.llm.n_threads,
@@ -97,23 +101,42 @@ def load_chat_model(settings: Settings) -> LoadedModel:
         return _LOADED[key]
 
 
+def served_model_name(settings: Settings) -> str:
+    """The model an OpenAI-compatible server is asked for: ``llm.model_name``, else ``llm.model``."""
+    return settings.llm.model_name or settings.llm.model
+
+
 def _openai_model(settings: Settings) -> LoadedModel:
     from langchain_openai import ChatOpenAI
 
     if not settings.llm.base_url:
-        raise LLMUnavailableError("llm_backend = 'openai' needs llm_base_url (e.g. http://host:8000/v1)")
+        raise LLMUnavailableError("llm.backend = 'openai' needs llm.base_url (e.g. http://host:8000/v1)")
     key = settings.llm.openai_api_key.get_secret_value() if settings.llm.openai_api_key else "not-needed"
+    name = served_model_name(settings)
     chat = ChatOpenAI(
-        model=settings.llm.model_name,
+        model=name,
         base_url=settings.llm.base_url,
         api_key=key,
         temperature=settings.llm.temperature,
         max_tokens=settings.llm.max_tokens,
-        timeout=settings.llm.timeout_s,
-        max_retries=1,
+        # Connecting gets a short limit of its own: a server that is down fails in seconds and
+        # the answer falls back at once, instead of after the whole generation's time.
+        timeout=_openai_timeout(settings),
+        # The engine has its own first-token and total limits and falls back when they pass;
+        # a retry would only double the wait for a server that is down or overloaded.
+        max_retries=0,
+        seed=0,  # as the local backend: the same question gets the same answer
+        extra_body=dict(settings.llm.server_params) or None,
     )
     # A remote server handles its own concurrency: a lock that never blocks.
-    return LoadedModel(chat, settings.llm.model_name, lock=contextlib.nullcontext())
+    return LoadedModel(chat, name, lock=contextlib.nullcontext())
+
+
+def _openai_timeout(settings: Settings) -> Any:
+    import httpx
+
+    total = settings.llm.timeout_s
+    return httpx.Timeout(total, connect=min(5.0, total))
 
 
 def resolve_gguf(settings: Settings) -> Path:
@@ -121,10 +144,12 @@ def resolve_gguf(settings: Settings) -> Path:
     if settings.llm.model_path is not None:
         path = settings.llm.model_path.expanduser()
         if not path.is_file():
-            raise LLMUnavailableError(f"llm_model_path {str(path)!r} is not a file")
+            raise LLMUnavailableError(f"llm.model_path {str(path)!r} is not a file")
         return path
     try:
-        return models.assemble(settings.llm.model_dir, full_check=settings.llm.verify_model_hash)
+        return models.assemble(
+            settings.llm.model_dir, settings.llm.model, full_check=settings.llm.verify_model_hash
+        )
     except models.ModelUnavailableError as exc:
         raise LLMUnavailableError(str(exc)) from None
     except OSError as exc:
@@ -164,7 +189,8 @@ def _llamacpp_model(settings: Settings) -> LoadedModel:
         )
     except ValueError as exc:  # ChatLlamaCpp wraps load errors in ValueError
         raise LLMUnavailableError(f"cannot load {path}: {exc}") from None
-    return LoadedModel(chat, settings.llm.model_name)
+    name = path.stem if settings.llm.model_path is not None else settings.llm.model
+    return LoadedModel(chat, settings.llm.model_name or name)
 
 
 def message_text(content: Any) -> str:

