@@ -19,9 +19,10 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from ivig_qa.assistant import Assistant
 from ivig_qa.engines import make_engine
+from ivig_qa.engines.base import Lead
 from ivig_qa.engines.llm import models
 from ivig_qa.engines.llm.backends import LLMUnavailableError, LoadedModel
-from ivig_qa.engines.llm.engine import LLMEngine
+from ivig_qa.engines.llm.engine import QUOTES_LABEL, LLMEngine
 from ivig_qa.engines.llm.parse import split_generated
 from ivig_qa.engines.llm.prompts import prompt_text
 from ivig_qa.engines.llm.verify import LLMSupportChecker, SupportJudge, entities, lexical_problem, numbers
@@ -29,6 +30,7 @@ from ivig_qa.evaluation.checks import SUPPORT_CHECKERS, make_checker, split_stat
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Status
+from ivig_qa.web.chat_render import Streamed
 
 WRONG_DOSE = "IVIG is given at a dose of 9 g/kg every single day"
 
@@ -41,7 +43,7 @@ def fake_engine(
     assistant: Assistant, responses: list[str], *, judge: list[str] | None = None, **kw
 ) -> LLMEngine:
     """An LLM engine over the real retriever with a fake chat model (and a fake yes/no judge)."""
-    settings = llm_settings(assistant.settings, judge=judge is not None, **{"supporting_quotes": 0, **kw})
+    settings = llm_settings(assistant.settings, judge=judge is not None, **kw)
     model = LoadedModel(FakeListChatModel(responses=responses), "fake")
     judge_model = LoadedModel(FakeListChatModel(responses=judge), "fake-judge") if judge else None
     return LLMEngine(assistant.retriever, settings, model, SupportJudge(judge_model, settings))
@@ -82,6 +84,7 @@ def test_split_generated(text: str, expected: list[tuple[str, tuple[int, ...]]])
 def test_numbers_and_entities() -> None:
     assert numbers("1,000 to 100,000 donors; 2.0 g/kg; two doses; 40%") == {"1000", "100000", "2", "40"}
     assert numbers("It takes 1000 donors and 2 g/kg") <= numbers("between 1,000 donors, 2.0 g/kg")
+    assert numbers("can cost $100K a year, or 2M") == numbers("costs $100,000 a year, or 2,000,000")
     assert entities("Babies get Tylenol and Benadryl before IVIG for IgA reasons") == [
         "Tylenol",
         "Benadryl",
@@ -114,7 +117,7 @@ def test_prompt_numbers_the_best_source_sentences_within_budget(assistant: Assis
     assert [s.n for s in sources] == list(range(1, len(sources) + 1))
     assert sum(len(s.text) for s in sources) <= 450 * 4 + max(len(s.text) for s in sources)
     text = prompt_text(question, sources)
-    assert text.startswith("Sources:\nFrom “") and text.endswith(f"Question: {question}")
+    assert text.startswith("Quotes:\nFrom “") and text.endswith(f"Question: {question}\nAnswer:")
     assert "[1] " in text and "once or twice a month" in text
     for src in sources:  # each numbered source is verbatim text at its offsets
         original = (assistant.settings.index.corpus_dir / f"{src.candidate.sentence.doc_id}.txt").read_text(
@@ -137,12 +140,19 @@ def test_unsupported_sentences_are_dropped_and_citations_attached_in_code(assist
     engine = fake_engine(assistant, [generated])
     found = engine.compose(question, retrieval)
     assert found.engine == "llm:fake" and found.generated and found.fallback_reason is None
-    assert found.text.startswith("IVIG infusions are usually given once or twice a month [1].")
-    assert "9 g/kg" not in found.text and "doctor" not in found.text
-    assert len(found.citations) == 1 and "once or twice a month" in found.citations[0].quote
+    # The kept sentence cites, in code, the quote that supports it (the model cited another).
+    assert found.text.startswith(f"IVIG infusions are usually given once or twice a month [{monthly.n}].")
+    summary = found.text.split("\n\n")[0]
+    assert "9 g/kg" not in summary and "doctor" not in summary
+    assert "once or twice a month" in found.citations[monthly.n - 1].quote
     assert found.timings["dropped_sentences"] == 2 and found.timings["kept_sentences"] == 1
+    # Each dropped sentence says why: a Reason per sentence, and a count per reason.
+    assert found.timings["dropped.number"] == 1 and found.timings["dropped.no_citation"] == 1
+    assert sorted(r.id for r in found.reasons) == ["llm.dropped.no_citation", "llm.dropped.number"]
+    assert all(r.layer == "llm" and r.detail for r in found.reasons)
+    assert any("9 g/kg" in r.detail for r in found.reasons if r.id == "llm.dropped.number")
     _kept, dropped = engine.verify(split_generated(generated), sources)  # the reasons, per sentence
-    assert any("number" in why for text, why in dropped if "9 g/kg" in text)
+    assert any(d.code == "number" and "number" in d.why for d in dropped if "9 g/kg" in d.text)
     assert_citations_verbatim(found.citations, assistant.settings.index.corpus_dir)
 
 
@@ -150,30 +160,40 @@ def test_the_judge_decides_after_the_lexical_checks(assistant: Assistant) -> Non
     question = "how often is ivig given for lupus"
     retrieval, sources = sources_for(assistant, question)
     monthly = next(s for s in sources if "once or twice a month" in s.text)
-    generated = f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
+    # Passes the lexical checks, but with words the quote does not have: the judge decides.
+    generated = f"Patients usually get the infusion once or twice a month [{monthly.n}]."
     no = fake_engine(assistant, [generated], judge=["no"]).compose(question, retrieval)
     assert no.engine == "extractive (llm fallback: nothing verified)"
-    assert no.timings["dropped_sentences"] == 1
+    assert no.timings["dropped_sentences"] == 1 and no.timings["dropped.judge"] == 1
+    assert [r.id for r in no.reasons] == ["llm.dropped.judge"]
     yes_engine = fake_engine(assistant, [generated], judge=["yes"])
     yes = yes_engine.compose(question, retrieval)
     assert yes.engine == "llm:fake" and yes.timings["judge_calls"] == 1
+    # The quote's own words, rearranged: decided on the words, no judge call.
+    words = fake_engine(assistant, [f"{monthly.text} [{monthly.n}]"], judge=["no"]).compose(
+        question, retrieval
+    )
+    assert words.engine == "llm:fake" and words.timings["judge_calls"] == 0
 
 
-def test_supporting_quotes_follow_the_summary_verbatim(assistant: Assistant) -> None:
+def test_the_focused_quotes_follow_the_summary_once(assistant: Assistant) -> None:
     question = "how often is ivig given for lupus"
     retrieval, sources = sources_for(assistant, question)
     monthly = next(s for s in sources if "once or twice a month" in s.text)
     generated = f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
-    found = fake_engine(assistant, [generated], supporting_quotes=2).compose(question, retrieval)
-    summary, _, quotes = found.text.partition("\n\nMore from the sources, word for word:\n")
-    assert summary == "IVIG infusions are usually given once or twice a month [1]."
-    lines = quotes.splitlines()
-    # At most 2 of the quotes the focused extractive answer would use, less the one the summary cites.
-    assert 1 <= len(lines) <= 2 and len(lines) == found.timings["supporting_quotes"]
-    assert len(found.citations) == 1 + len(lines)
-    for n, line in enumerate(lines, start=2):  # each quote is verbatim and cited once
-        assert line == f"- {' '.join(found.citations[n - 1].quote.split())} [{n}]"
-    assert "once or twice a month" not in quotes  # what the summary cites is not repeated
+    engine = fake_engine(assistant, [generated])
+    plan = engine.plan(question, retrieval)
+    found = engine.compose(question, retrieval)
+    summary, _, quotes = found.text.partition(f"\n\n{QUOTES_LABEL}\n")
+    assert summary == f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
+    # The quotes are the focused extractive answer's top ones, composed as that engine does,
+    # numbered as the model saw them; each is shown once, and the summary's [n] is among them.
+    top = engine.extractive.select(engine.extractive.candidates(question, retrieval))
+    assert quotes == plan.lead.text == engine.extractive.compose_chosen(top[: len(plan.lead.citations)]).text
+    assert [c.quote for c in found.citations] == [s.text for s in sources]
+    for c in found.citations:
+        assert quotes.count(f"[{c.n}]") == 1 and " ".join(c.quote.split()) in quotes
+    assert len(found.citations) <= assistant.settings.llm.max_passages
     assert_citations_verbatim(found.citations, assistant.settings.index.corpus_dir)
 
 
@@ -237,8 +257,16 @@ def test_assistant_streams_tokens_then_the_verified_answer(assistant: Assistant)
     items = list(a.stream(question))
     pieces, answer = items[:-1], items[-1]
     assert isinstance(answer, Answer) and all(isinstance(p, str) for p in pieces)
-    streamed = "".join(pieces)  # what was streamed: the lead at once, then the tokens …
+    # The lead (the quotes) comes before any generated token; the tokens read above it.
+    leads = [i for i, p in enumerate(pieces) if isinstance(p, Lead)]
+    assert len(leads) == 1 and answer.answer.endswith(pieces[leads[0]])
+    assert "".join(pieces[leads[0] + 1 :]) == generated
+    streamed = "".join(pieces)  # what was streamed: the head, the lead at once, then the tokens …
     assert streamed.startswith("In short, from the sources") and streamed.endswith(generated)
+    shown = Streamed()  # … which the chat (and the widget, alike) shows as the answer will read
+    for p in pieces:
+        shown.add(p)
+    assert shown.text.startswith("In short, from the sources") and shown.text.endswith(pieces[leads[0]])
     assert "9 g/kg" not in answer.answer  # … and what the final, authoritative answer keeps
     assert answer.status == Status.ANSWERED and answer.disclaimer == DISCLAIMER
     assert answer.engine == "llm:fake"
@@ -247,10 +275,42 @@ def test_assistant_streams_tokens_then_the_verified_answer(assistant: Assistant)
         answer.answer.startswith("In short, from the sources") and "quoted word for word" not in answer.answer
     )
     assert answer.timings_ms["dropped_sentences"] == 1 and "llm_first_token" in answer.timings_ms
+    assert answer.timings_ms["llm_lead"] < answer.timings_ms["llm_first_token"]
+    assert "llm.dropped.number" in [r.id for r in answer.reasons]
     assert_citations_verbatim(answer, assistant.settings.index.corpus_dir)
     # ask() gives the same verified answer without streaming.
     a.engine.model.chat.i = 0
     assert a.ask(question).answer == answer.answer
+
+
+def test_the_stream_endpoint_sends_the_lead_then_the_summary(assistant: Assistant) -> None:
+    """`/api/ask/stream` events for the LLM engine: deltas, one `lead`, the summary's deltas, `answer`."""
+    import anyio
+
+    from ivig_qa.feedback import AnswerIds
+    from ivig_qa.web.api import stream_events
+
+    question = "how often is ivig given for lupus"
+    _retrieval, sources = sources_for(assistant, question)
+    monthly = next(s for s in sources if "once or twice a month" in s.text)
+    generated = f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
+    a = llm_assistant(assistant, fake_engine(assistant, [generated]))
+
+    async def events() -> list[tuple[str, dict]]:
+        stream = stream_events(a, question, [], None, "req", AnswerIds("s"))
+        return [(e.event, json.loads(e.data)) async for e in stream]
+
+    got = anyio.run(events)
+    kinds = [kind for kind, _ in got]
+    assert kinds.count("lead") == 1 and kinds[-1] == "answer" and "error" not in kinds
+    at = kinds.index("lead")
+    assert set(kinds[:at]) == {"delta"} and set(kinds[at + 1 : -1]) == {"delta"}
+    before = "".join(d["text"] for _, d in got[:at])
+    summary = "".join(d["text"] for _, d in got[at + 1 : -1])
+    lead = got[at][1]["text"]
+    assert summary == generated and lead.startswith(QUOTES_LABEL)
+    # What the widget assembles (before + summary + lead) is what the answer says.
+    assert got[-1][1]["answer"] == f"{before}{summary}\n\n{lead}"
 
 
 def test_guardrails_stay_in_code_around_the_llm(assistant: Assistant) -> None:

@@ -248,7 +248,8 @@ class LLMEngine:
             if problem is None:
                 return [src], Problem("", "")
             if first_problem is None and not cited:
-                first_problem = Problem(f"cites no source; the best match [{src.n}]: {problem}", problem.code)
+                why = f"cites no source; the best match [{src.n}]: {problem}"
+                first_problem = Problem(why, "no_citation")
         return [], first_problem or Problem("cites no source and none supports it", "no_citation")
 
     # -- composing -------------------------------------------------------------------------
