@@ -117,7 +117,7 @@ def test_prompt_numbers_the_best_source_sentences_within_budget(assistant: Assis
     assert [s.n for s in sources] == list(range(1, len(sources) + 1))
     assert sum(len(s.text) for s in sources) <= 450 * 4 + max(len(s.text) for s in sources)
     text = prompt_text(question, sources)
-    assert text.startswith("Quotes:\nFrom “") and text.endswith(f"Question: {question}\nAnswer:")
+    assert text.startswith("Quotes:\n[1] ") and text.endswith(f"Question: {question}\nAnswer:")
     assert "[1] " in text and "once or twice a month" in text
     for src in sources:  # each numbered source is verbatim text at its offsets
         original = (assistant.settings.index.corpus_dir / f"{src.candidate.sentence.doc_id}.txt").read_text(

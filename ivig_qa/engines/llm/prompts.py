@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 SYSTEM_PROMPT = """\
 You help patients understand short quotes from medical sources.
 Answer the question in 2 to 4 short, plain sentences, using only the numbered quotes.
-Answer the question first. Copy numbers, doses and names exactly as the quotes write them.
+Answer the question first, in the quotes' own words. Copy numbers, doses and names exactly.
 End every sentence with the number of the quote it comes from, like [1].
 Do not add advice or facts that the quotes do not give.
 
@@ -61,14 +61,12 @@ class Source:
 
 
 def prompt_text(question: str, sources: list[Source]) -> str:
-    """The user turn: the numbered quotes (with their document's title), then the question."""
-    lines = ["Quotes:"]
-    title = None
-    for src in sources:
-        if src.title != title:
-            title = src.title
-            lines.append(f"From “{title}”:")
-        lines.append(f"[{src.n}] {collapse_space(src.text)}")
+    """The user turn: the numbered quotes, then the question.
+
+    No document titles: a small model states a title ("IVIG for Lupus") as a fact no quote
+    supports, and every such sentence was dropped; the quotes alone are what can be cited.
+    """
+    lines = ["Quotes:", *(f"[{src.n}] {collapse_space(src.text)}" for src in sources)]
     lines += [f"Question: {question}", "Answer:"]
     return "\n".join(lines)
 
