@@ -313,6 +313,32 @@ def test_the_stream_endpoint_sends_the_lead_then_the_summary(assistant: Assistan
     assert got[-1][1]["answer"] == f"{before}{summary}\n\n{lead}"
 
 
+def test_the_eval_report_counts_fallbacks_and_why_sentences_were_dropped(assistant: Assistant) -> None:
+    """`ivig-qa eval --engine llm`: fallback rate per category and the reasons, from real answers."""
+    from ivig_qa.evaluation.dataset import load_documents, load_set
+    from ivig_qa.evaluation.report import render_markdown
+    from ivig_qa.evaluation.runner import run_evaluation
+
+    documents = load_documents(assistant.settings.index.corpus_dir)
+    set_file = Path(__file__).parent.parent / "eval" / "llm_questions.jsonl"
+    items = [i for i in load_set(set_file, documents) if i.item.id == "fact-lupus-how-often"]
+    items += [i for i in load_set(set_file, documents) if i.item.id == "multi-cost"]
+    # The first answer keeps one sentence and drops an invented dose; the second has nothing true.
+    lupus = "IVIG infusions are usually given once or twice a month [1]. " + WRONG_DOSE + " [1]."
+    a = llm_assistant(assistant, fake_engine(assistant, [lupus, WRONG_DOSE + " [1]."]))
+    report = run_evaluation(a, items, documents, set_file=set_file, checker=make_checker("verbatim"))
+    gens = {r.id: r.generation for r in report.records}
+    assert gens["fact-lupus-how-often"].generated and gens["fact-lupus-how-often"].dropped == ["number"]
+    assert not gens["multi-cost"].generated and gens["multi-cost"].fallback_reason == "nothing verified"
+    assert report.metrics.fallback_rate == 0.5
+    assert report.per_category["factual"].fallback_rate == 0.0
+    assert report.per_category["multi_doc"].fallback_rate == 1.0
+    assert all("@llm" not in x for r in report.records for x in r.reasons)  # triage breakdown unchanged
+    md = render_markdown(report)
+    assert "## The generated answer (LLM engine)" in md and "| `number` |" in md
+    assert "fallback: nothing verified" in md and "9 g/kg" in md
+
+
 def test_guardrails_stay_in_code_around_the_llm(assistant: Assistant) -> None:
     question = "im having chest pain during my ivig infusion what do i do"
     _retrieval, sources = sources_for(assistant, question)
@@ -497,6 +523,25 @@ def test_real_model_streams_tokens(real_assistant: Assistant) -> None:
     assert isinstance(answer, Answer) and len(items) > 5
     assert all(isinstance(p, str) for p in items[:-1])
     assert answer.timings_ms["llm_first_token"] < answer.timings_ms["total"]
+
+
+def test_bench_measures_the_lead_then_the_summary(real_assistant: Assistant) -> None:
+    """`ivig-qa bench`'s LLM numbers, warm: the lead is on screen before the summary's first token."""
+    from ivig_qa.bench.llm import measure_llm
+    from ivig_qa.bench.report import tables
+    from ivig_qa.bench.runner import BenchReport, Environment
+    from ivig_qa.bench.targets import check_targets
+
+    result = measure_llm(real_assistant.settings, ["for lupus pts how often do they hook u up to the drip"])
+    assert result is not None and result.model.startswith("llm:")
+    assert result.lead.n == result.summary_first_token.n == result.full.n == 1
+    assert result.lead.median_ms < result.summary_first_token.median_ms < result.full.median_ms
+    report = BenchReport(
+        Environment(2, 2, [0.0], [0.0], "3.11", "x", "now", 1.0), None, None, None, [], [], result
+    )
+    names = [c.name for c in check_targets(report)]
+    assert any("first visible text" in n for n in names) and any("summary first token" in n for n in names)
+    assert any(t.title.startswith("LLM engine") for t in tables(report))
 
 
 def test_llamacpp_chat_model_invokes_and_streams(real_assistant: Assistant) -> None:
