@@ -85,6 +85,10 @@ def test_numbers_and_entities() -> None:
     assert numbers("1,000 to 100,000 donors; 2.0 g/kg; two doses; 40%") == {"1000", "100000", "2", "40"}
     assert numbers("It takes 1000 donors and 2 g/kg") <= numbers("between 1,000 donors, 2.0 g/kg")
     assert numbers("can cost $100K a year, or 2M") == numbers("costs $100,000 a year, or 2,000,000")
+    assert (
+        lexical_problem("It can cost $100K a year.", "is incredibly expensive (can cost $100K a year)", 0.5)
+        is None
+    )
     assert entities("Babies get Tylenol and Benadryl before IVIG for IgA reasons") == [
         "Tylenol",
         "Benadryl",
@@ -195,6 +199,12 @@ def test_the_focused_quotes_follow_the_summary_once(assistant: Assistant) -> Non
         assert quotes.count(f"[{c.n}]") == 1 and " ".join(c.quote.split()) in quotes
     assert len(found.citations) <= assistant.settings.llm.max_passages
     assert_citations_verbatim(found.citations, assistant.settings.index.corpus_dir)
+    # A summary sentence that restates its quote says it once: the quote is not listed again.
+    again = fake_engine(assistant, [f"{monthly.text} [{monthly.n}]"]).compose(question, retrieval)
+    assert again.timings["restated_quotes"] == 1 and again.citations == found.citations
+    assert again.text.count(" ".join(monthly.text.split()).rstrip(".")) == 1
+    assert f"[{monthly.n}]" in again.text.split("\n\n")[0]
+    assert again.text.count(f"[{monthly.n}]") == 1
 
 
 @pytest.mark.parametrize(

@@ -95,5 +95,5 @@ def measure_llm(settings: Settings, questions: list[str], rounds: int = 1) -> LL
 
 
 def _why(engine: str) -> str:
-    """" (fallback: timeout)" for "extractive (llm fallback: timeout)"; "" for a generated one."""
+    """ " (fallback: timeout)" for "extractive (llm fallback: timeout)"; "" for a generated one."""
     return f" ({engine.split('(llm ', 1)[1]}" if "(llm " in engine else ""

@@ -41,7 +41,7 @@ from ivig_qa.engines.extractive import Candidate, ExtractiveEngine
 from ivig_qa.engines.llm.backends import LoadedModel, load_chat_model, message_text
 from ivig_qa.engines.llm.parse import Generated, split_generated
 from ivig_qa.engines.llm.prompts import STOP, Source, answer_messages
-from ivig_qa.engines.llm.verify import Budget, Problem, SupportJudge
+from ivig_qa.engines.llm.verify import Budget, Problem, SupportJudge, word_share
 from ivig_qa.settings import Settings
 from ivig_qa.text import tokenize
 from ivig_qa.types import Citation, Reason
@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4  # English text, Qwen's tokenizer: close enough for a prompt budget
 QUOTES_LABEL = "From the sources, word for word:"
 SUMMARY_MAX_WORDS = 80  # the plain-language summary: 2–4 short sentences
+# A summary sentence with this share of its quote's content words restates the quote: the quote
+# is then not listed again under the summary (its citation stays; the sentence cites it).
+RESTATED = 0.8
 
 
 class LLMTimeout(Exception):
@@ -319,7 +322,10 @@ class LLMEngine:
             yield self._fallback(plan, limit, "nothing verified", timings, reasons=reasons)
             return
         summary = render_summary(kept)
-        body = f"{summary}\n\n{lead}"
+        restated = restated_quotes(kept)
+        timings["restated_quotes"] = float(len(restated))
+        quotes = without_quotes(plan.lead.text, restated)
+        body = f"{summary}\n\n{QUOTES_LABEL}\n{quotes}" if quotes else summary
         yield Composition(
             body, plan.lead.citations, self.name, generated=True, timings=timings, reasons=reasons
         )
@@ -373,6 +379,36 @@ def _within_limits(
             out.append((sentence, support))
             words += n
     return out, cut
+
+
+def restated_quotes(kept: list[tuple[Generated, list[Source]]]) -> set[int]:
+    """The quotes a kept sentence restates nearly whole (``RESTATED``): said once, in the summary."""
+    return {
+        support[0].n
+        for sentence, support in kept
+        if len(support) == 1 and word_share(support[0].text, sentence.text) >= RESTATED
+    }
+
+
+def without_quotes(lead: str, numbers: set[int]) -> str:
+    """The lead's lines less the quotes numbered ``numbers`` (a title left with none goes too)."""
+    if not numbers:
+        return lead
+    lines = [ln for ln in lead.splitlines() if _quote_number(ln) not in numbers]
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        if line.startswith("**") and _quote_number(following) is None:
+            continue  # a title whose quotes were all restated
+        if not line and (not out or not out[-1]):
+            continue
+        out.append(line)
+    return "\n".join(out).strip()
+
+
+def _quote_number(line: str) -> int | None:
+    m = re.match(r"^- .*\[(\d+)\]$", line)
+    return int(m.group(1)) if m else None
 
 
 def render_summary(kept: list[tuple[Generated, list[Source]]]) -> str:

@@ -55,7 +55,8 @@ _NUMBER = re.compile(
     r"\d+(?:,\d{3})*(?:\.\d+)?(?:[kKmM]\b)?|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE
 )
 _SCALE = {"k": 1000, "m": 1_000_000}
-_ENTITY = re.compile(r"[A-Za-z][A-Za-z0-9'’-]*")
+# A word starts at a word boundary: the "K" of "$100K" is part of a number, not a name.
+_ENTITY = re.compile(r"(?<![\w'’-])[A-Za-z][A-Za-z0-9'’-]*")
 _NEGATION = re.compile(
     r"\b(?:not|no|never|none|nor|neither|cannot|without|unlikely|lack|lacks|unknown|unclear)\b|n['’]t\b",
     re.IGNORECASE,
