@@ -524,7 +524,8 @@ def test_real_judge_removes_an_injected_wrong_sentence(real_assistant: Assistant
     )
     kept, dropped = engine.verify(generated, sources)
     assert [g.text for g, _ in kept] == [generated[0].text]
-    assert {text for text, _why in dropped} == {generated[1].text, generated[2].text}
+    assert {d.text for d in dropped} == {generated[1].text, generated[2].text}
+    assert {d.code for d in dropped} == {"unit", "number"}
 
 
 def test_real_model_streams_tokens(real_assistant: Assistant) -> None:
