@@ -349,6 +349,32 @@ def test_the_eval_report_counts_fallbacks_and_why_sentences_were_dropped(assista
     assert "fallback: nothing verified" in md and "9 g/kg" in md
 
 
+def test_the_chat_shows_the_lead_at_once_and_the_summary_above_it(assistant: Assistant) -> None:
+    from types import SimpleNamespace
+
+    from ivig_qa.web.chat import ChatHandlers, ChatSession
+    from ivig_qa.web.chat_render import md_answer
+
+    question = "how often is ivig given for lupus"
+    _retrieval, sources = sources_for(assistant, question)
+    monthly = next(s for s in sources if "once or twice a month" in s.text)
+    generated = f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
+    a = llm_assistant(assistant, fake_engine(assistant, [generated]))
+    handlers = ChatHandlers(
+        lambda: a, dict, assistant.settings, limiter=SimpleNamespace(take=lambda _c: 0.0), feedback=None
+    )  # type: ignore[arg-type]
+    session = ChatSession()
+    request = SimpleNamespace(client=SimpleNamespace(host="127.0.0.1"))
+    shown = [msgs[-1]["content"] for msgs, *_ in handlers.respond(question, session, request)]  # type: ignore[arg-type]
+    quotes = md_answer(QUOTES_LABEL)
+    with_lead = [i for i, text in enumerate(shown) if quotes in text]
+    first = with_lead[0]
+    assert "IVIG infusions" not in shown[first]  # the lead alone first …
+    # … then the summary grows above it, the lead staying below.
+    grown = [t for t in shown[first + 1 :] if "IVIG infusions" in t]
+    assert grown and all(t.index("IVIG infusions") < t.index(quotes) for t in grown)
+
+
 def test_guardrails_stay_in_code_around_the_llm(assistant: Assistant) -> None:
     question = "im having chest pain during my ivig infusion what do i do"
     _retrieval, sources = sources_for(assistant, question)
