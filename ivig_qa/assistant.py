@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ivig_qa.conversation import condense
 from ivig_qa.engines import make_engine
-from ivig_qa.engines.base import AnswerEngine, Composition
+from ivig_qa.engines.base import AnswerEngine, Composition, Lead
 from ivig_qa.index import BuildSummary, IndexStore, Manifest, Progress
 from ivig_qa.policy import (
     DISCLAIMER,
@@ -188,7 +188,7 @@ class Assistant:
         # first of all); the final Answer's wording follows what the engine actually did.
         shape = frame(decision, words, titles, generated=self.engine.generates)
         yield shape.head
-        started_body = False
+        started_body = led = False
         for piece in pieces:
             if isinstance(piece, Composition):
                 found = piece
@@ -196,13 +196,14 @@ class Assistant:
             if not started_body:
                 yield shape.body_lead
                 started_body = True
+            led = led or isinstance(piece, Lead)
             yield piece
         body = found.text if found else ""
         t = timer.lap("compose", t)
         if found:
             timer.marks.update(found.timings)
         shape = frame(decision, words, titles, generated=bool(found and found.generated))
-        if shape.tail:
+        if shape.tail and not led:  # after a Lead, streamed text goes above it: the Answer has the tail
             yield shape.tail
         timer.lap("guard", t)
         yield self._answer(
@@ -213,7 +214,7 @@ class Assistant:
             timer,
             found.citations if found else [],
             engine=found.engine if found else None,
-            reasons=list(decision.reasons),
+            reasons=[*decision.reasons, *(found.reasons if found else [])],
         )
 
     def _decide(
@@ -268,7 +269,8 @@ class Assistant:
         """Yield the answer text piece by piece, then the final ``Answer``.
 
         The fixed wording comes first (the urgent-care instructions before anything else),
-        then the engine's pieces (the extractive engine's lines; the LLM engine's tokens).
+        then the engine's pieces: the extractive engine's lines; or the LLM engine's ``Lead``
+        (its quotes, at once) and then its summary's tokens, which a client shows above the lead.
         The last item is always the ``Answer``, and it is authoritative: its text is the
         verified answer, which may leave out generated sentences streamed before verification.
         """

@@ -150,7 +150,9 @@ class LLMSettings(_Group):
         "unknown fields (OpenAI itself).",
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0)
-    max_tokens: int = Field(220, ge=16, description="Longest generated answer, in tokens.")
+    max_tokens: int = Field(
+        140, ge=16, description="Longest generated answer, in tokens (≈ 100 words: the summary is ≤ 80)."
+    )
     timeout_s: float = Field(
         90.0, gt=0, description="Generation slower than this falls back to the extractive engine."
     )
@@ -160,15 +162,14 @@ class LLMSettings(_Group):
     context_tokens: int = Field(
         450, ge=150, description="Budget for the whole prompt (≈ 4 chars/token): fewer sources when short."
     )
-    max_passages: int = Field(6, ge=1, description="Most numbered source sentences in the prompt.")
-    supporting_quotes: int = Field(
-        8,
-        ge=0,
-        description="Under the generated summary, quote (verbatim) up to this many of the sentences the "
-        "extractive engine would have used that the summary does not cite; 0 = the summary alone.",
+    max_passages: int = Field(
+        4,
+        ge=1,
+        description="The focused extractive answer's top quotes given to the model, numbered, and shown "
+        "(once, verbatim) under the summary that cites them.",
     )
     judge: bool = Field(True, description="Ask the model whether each cited passage supports a sentence.")
-    judge_max_calls: int = Field(12, ge=0, description="Most judge calls while verifying one answer.")
+    judge_max_calls: int = Field(6, ge=0, description="Most judge calls while verifying one answer.")
     min_overlap: float = Field(
         0.5, ge=0.0, le=1.0, description="Share of a sentence's content words its passage must contain."
     )

@@ -16,9 +16,10 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from ivig_qa.assistant import Assistant
 from ivig_qa.engines import make_engine
+from ivig_qa.engines.base import Lead
 from ivig_qa.engines.llm import models
 from ivig_qa.engines.llm.backends import LLMUnavailableError, LoadedModel
-from ivig_qa.engines.llm.engine import LLMEngine
+from ivig_qa.engines.llm.engine import QUOTES_LABEL, LLMEngine
 from ivig_qa.engines.llm.parse import split_generated
 from ivig_qa.engines.llm.prompts import prompt_text
 from ivig_qa.engines.llm.verify import LLMSupportChecker, SupportJudge, entities, lexical_problem, numbers
@@ -26,6 +27,7 @@ from ivig_qa.evaluation.checks import SUPPORT_CHECKERS, make_checker, split_stat
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Status
+from ivig_qa.web.chat_render import Streamed
 
 WRONG_DOSE = "IVIG is given at a dose of 9 g/kg every single day"
 
@@ -38,7 +40,7 @@ def fake_engine(
     assistant: Assistant, responses: list[str], *, judge: list[str] | None = None, **kw
 ) -> LLMEngine:
     """An LLM engine over the real retriever with a fake chat model (and a fake yes/no judge)."""
-    settings = llm_settings(assistant.settings, judge=judge is not None, **{"supporting_quotes": 0, **kw})
+    settings = llm_settings(assistant.settings, judge=judge is not None, **kw)
     model = LoadedModel(FakeListChatModel(responses=responses), "fake")
     judge_model = LoadedModel(FakeListChatModel(responses=judge), "fake-judge") if judge else None
     return LLMEngine(assistant.retriever, settings, model, SupportJudge(judge_model, settings))
@@ -79,6 +81,11 @@ def test_split_generated(text: str, expected: list[tuple[str, tuple[int, ...]]])
 def test_numbers_and_entities() -> None:
     assert numbers("1,000 to 100,000 donors; 2.0 g/kg; two doses; 40%") == {"1000", "100000", "2", "40"}
     assert numbers("It takes 1000 donors and 2 g/kg") <= numbers("between 1,000 donors, 2.0 g/kg")
+    assert numbers("can cost $100K a year, or 2M") == numbers("costs $100,000 a year, or 2,000,000")
+    assert (
+        lexical_problem("It can cost $100K a year.", "is incredibly expensive (can cost $100K a year)", 0.5)
+        is None
+    )
     assert entities("Babies get Tylenol and Benadryl before IVIG for IgA reasons") == [
         "Tylenol",
         "Benadryl",
@@ -111,7 +118,7 @@ def test_prompt_numbers_the_best_source_sentences_within_budget(assistant: Assis
     assert [s.n for s in sources] == list(range(1, len(sources) + 1))
     assert sum(len(s.text) for s in sources) <= 450 * 4 + max(len(s.text) for s in sources)
     text = prompt_text(question, sources)
-    assert text.startswith("Sources:\nFrom “") and text.endswith(f"Question: {question}")
+    assert text.startswith("Quotes:\n[1] ") and text.endswith(f"Question: {question}\nAnswer:")
     assert "[1] " in text and "once or twice a month" in text
     for src in sources:  # each numbered source is verbatim text at its offsets
         original = (assistant.settings.index.corpus_dir / f"{src.candidate.sentence.doc_id}.txt").read_text(
@@ -134,12 +141,19 @@ def test_unsupported_sentences_are_dropped_and_citations_attached_in_code(assist
     engine = fake_engine(assistant, [generated])
     found = engine.compose(question, retrieval)
     assert found.engine == "llm:fake" and found.generated and found.fallback_reason is None
-    assert found.text.startswith("IVIG infusions are usually given once or twice a month [1].")
-    assert "9 g/kg" not in found.text and "doctor" not in found.text
-    assert len(found.citations) == 1 and "once or twice a month" in found.citations[0].quote
+    # The kept sentence cites, in code, the quote that supports it (the model cited another).
+    assert found.text.startswith(f"IVIG infusions are usually given once or twice a month [{monthly.n}].")
+    summary = found.text.split("\n\n")[0]
+    assert "9 g/kg" not in summary and "doctor" not in summary
+    assert "once or twice a month" in found.citations[monthly.n - 1].quote
     assert found.timings["dropped_sentences"] == 2 and found.timings["kept_sentences"] == 1
+    # Each dropped sentence says why: a Reason per sentence, and a count per reason.
+    assert found.timings["dropped.number"] == 1 and found.timings["dropped.no_citation"] == 1
+    assert sorted(r.id for r in found.reasons) == ["llm.dropped.no_citation", "llm.dropped.number"]
+    assert all(r.layer == "llm" and r.detail for r in found.reasons)
+    assert any("9 g/kg" in r.detail for r in found.reasons if r.id == "llm.dropped.number")
     _kept, dropped = engine.verify(split_generated(generated), sources)  # the reasons, per sentence
-    assert any("number" in why for text, why in dropped if "9 g/kg" in text)
+    assert any(d.code == "number" and "number" in d.why for d in dropped if "9 g/kg" in d.text)
     assert_citations_verbatim(found.citations, assistant.settings.index.corpus_dir)
 
 
@@ -147,31 +161,47 @@ def test_the_judge_decides_after_the_lexical_checks(assistant: Assistant) -> Non
     question = "how often is ivig given for lupus"
     retrieval, sources = sources_for(assistant, question)
     monthly = next(s for s in sources if "once or twice a month" in s.text)
-    generated = f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
+    # Passes the lexical checks, but with words the quote does not have: the judge decides.
+    generated = f"Patients usually get the infusion once or twice a month [{monthly.n}]."
     no = fake_engine(assistant, [generated], judge=["no"]).compose(question, retrieval)
     assert no.engine == "extractive (llm fallback: nothing verified)"
-    assert no.timings["dropped_sentences"] == 1
+    assert no.timings["dropped_sentences"] == 1 and no.timings["dropped.judge"] == 1
+    assert [r.id for r in no.reasons] == ["llm.dropped.judge"]
     yes_engine = fake_engine(assistant, [generated], judge=["yes"])
     yes = yes_engine.compose(question, retrieval)
     assert yes.engine == "llm:fake" and yes.timings["judge_calls"] == 1
+    # The quote's own words, rearranged: decided on the words, no judge call.
+    words = fake_engine(assistant, [f"{monthly.text} [{monthly.n}]"], judge=["no"]).compose(
+        question, retrieval
+    )
+    assert words.engine == "llm:fake" and words.timings["judge_calls"] == 0
 
 
-def test_supporting_quotes_follow_the_summary_verbatim(assistant: Assistant) -> None:
+def test_the_focused_quotes_follow_the_summary_once(assistant: Assistant) -> None:
     question = "how often is ivig given for lupus"
     retrieval, sources = sources_for(assistant, question)
     monthly = next(s for s in sources if "once or twice a month" in s.text)
     generated = f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
-    found = fake_engine(assistant, [generated], supporting_quotes=2).compose(question, retrieval)
-    summary, _, quotes = found.text.partition("\n\nMore from the sources, word for word:\n")
-    assert summary == "IVIG infusions are usually given once or twice a month [1]."
-    lines = quotes.splitlines()
-    # At most 2 of the quotes the focused extractive answer would use, less the one the summary cites.
-    assert 1 <= len(lines) <= 2 and len(lines) == found.timings["supporting_quotes"]
-    assert len(found.citations) == 1 + len(lines)
-    for n, line in enumerate(lines, start=2):  # each quote is verbatim and cited once
-        assert line == f"- {' '.join(found.citations[n - 1].quote.split())} [{n}]"
-    assert "once or twice a month" not in quotes  # what the summary cites is not repeated
+    engine = fake_engine(assistant, [generated])
+    plan = engine.plan(question, retrieval)
+    found = engine.compose(question, retrieval)
+    summary, _, quotes = found.text.partition(f"\n\n{QUOTES_LABEL}\n")
+    assert summary == f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
+    # The quotes are the focused extractive answer's top ones, composed as that engine does,
+    # numbered as the model saw them; each is shown once, and the summary's [n] is among them.
+    top = engine.extractive.select(engine.extractive.candidates(question, retrieval))
+    assert quotes == plan.lead.text == engine.extractive.compose_chosen(top[: len(plan.lead.citations)]).text
+    assert [c.quote for c in found.citations] == [s.text for s in sources]
+    for c in found.citations:
+        assert quotes.count(f"[{c.n}]") == 1 and " ".join(c.quote.split()) in quotes
+    assert len(found.citations) <= assistant.settings.llm.max_passages
     assert_citations_verbatim(found.citations, assistant.settings.index.corpus_dir)
+    # A summary sentence that restates its quote says it once: the quote is not listed again.
+    again = fake_engine(assistant, [f"{monthly.text} [{monthly.n}]"]).compose(question, retrieval)
+    assert again.timings["restated_quotes"] == 1 and again.citations == found.citations
+    assert again.text.count(" ".join(monthly.text.split()).rstrip(".")) == 1
+    assert f"[{monthly.n}]" in again.text.split("\n\n")[0]
+    assert again.text.count(f"[{monthly.n}]") == 1
 
 
 @pytest.mark.parametrize(
@@ -234,8 +264,16 @@ def test_assistant_streams_tokens_then_the_verified_answer(assistant: Assistant)
     items = list(a.stream(question))
     pieces, answer = items[:-1], items[-1]
     assert isinstance(answer, Answer) and all(isinstance(p, str) for p in pieces)
-    streamed = "".join(pieces)  # what was streamed: the lead at once, then the tokens …
+    # The lead (the quotes) comes before any generated token; the tokens read above it.
+    leads = [i for i, p in enumerate(pieces) if isinstance(p, Lead)]
+    assert len(leads) == 1 and answer.answer.endswith(pieces[leads[0]])
+    assert "".join(pieces[leads[0] + 1 :]) == generated
+    streamed = "".join(pieces)  # what was streamed: the head, the lead at once, then the tokens …
     assert streamed.startswith("In short, from the sources") and streamed.endswith(generated)
+    shown = Streamed()  # … which the chat (and the widget, alike) shows as the answer will read
+    for p in pieces:
+        shown.add(p)
+    assert shown.text.startswith("In short, from the sources") and shown.text.endswith(pieces[leads[0]])
     assert "9 g/kg" not in answer.answer  # … and what the final, authoritative answer keeps
     assert answer.status == Status.ANSWERED and answer.disclaimer == DISCLAIMER
     assert answer.engine == "llm:fake"
@@ -244,10 +282,94 @@ def test_assistant_streams_tokens_then_the_verified_answer(assistant: Assistant)
         answer.answer.startswith("In short, from the sources") and "quoted word for word" not in answer.answer
     )
     assert answer.timings_ms["dropped_sentences"] == 1 and "llm_first_token" in answer.timings_ms
+    assert answer.timings_ms["llm_lead"] < answer.timings_ms["llm_first_token"]
+    assert "llm.dropped.number" in [r.id for r in answer.reasons]
     assert_citations_verbatim(answer, assistant.settings.index.corpus_dir)
     # ask() gives the same verified answer without streaming.
     a.engine.model.chat.i = 0
     assert a.ask(question).answer == answer.answer
+
+
+def test_the_stream_endpoint_sends_the_lead_then_the_summary(assistant: Assistant) -> None:
+    """`/api/ask/stream` events for the LLM engine: deltas, one `lead`, the summary's deltas, `answer`."""
+    import anyio
+
+    from ivig_qa.feedback import AnswerIds
+    from ivig_qa.web.api import stream_events
+
+    question = "how often is ivig given for lupus"
+    _retrieval, sources = sources_for(assistant, question)
+    monthly = next(s for s in sources if "once or twice a month" in s.text)
+    generated = f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
+    a = llm_assistant(assistant, fake_engine(assistant, [generated]))
+
+    async def events() -> list[tuple[str, dict]]:
+        stream = stream_events(a, question, [], None, "req", AnswerIds("s"))
+        return [(e.event, json.loads(e.data)) async for e in stream]
+
+    got = anyio.run(events)
+    kinds = [kind for kind, _ in got]
+    assert kinds.count("lead") == 1 and kinds[-1] == "answer" and "error" not in kinds
+    at = kinds.index("lead")
+    assert set(kinds[:at]) == {"delta"} and set(kinds[at + 1 : -1]) == {"delta"}
+    before = "".join(d["text"] for _, d in got[:at])
+    summary = "".join(d["text"] for _, d in got[at + 1 : -1])
+    lead = got[at][1]["text"]
+    assert summary == generated and lead.startswith(QUOTES_LABEL)
+    # What the widget assembles (before + summary + lead) is what the answer says.
+    assert got[-1][1]["answer"] == f"{before}{summary}\n\n{lead}"
+
+
+def test_the_eval_report_counts_fallbacks_and_why_sentences_were_dropped(assistant: Assistant) -> None:
+    """`ivig-qa eval --engine llm`: fallback rate per category and the reasons, from real answers."""
+    from ivig_qa.evaluation.dataset import load_documents, load_set
+    from ivig_qa.evaluation.report import render_markdown
+    from ivig_qa.evaluation.runner import run_evaluation
+
+    documents = load_documents(assistant.settings.index.corpus_dir)
+    set_file = Path(__file__).parent.parent / "eval" / "llm_questions.jsonl"
+    items = [i for i in load_set(set_file, documents) if i.item.id == "fact-lupus-how-often"]
+    items += [i for i in load_set(set_file, documents) if i.item.id == "multi-cost"]
+    # The first answer keeps one sentence and drops an invented dose; the second has nothing true.
+    lupus = "IVIG infusions are usually given once or twice a month [1]. " + WRONG_DOSE + " [1]."
+    a = llm_assistant(assistant, fake_engine(assistant, [lupus, WRONG_DOSE + " [1]."]))
+    report = run_evaluation(a, items, documents, set_file=set_file, checker=make_checker("verbatim"))
+    gens = {r.id: r.generation for r in report.records}
+    assert gens["fact-lupus-how-often"].generated and gens["fact-lupus-how-often"].dropped == ["number"]
+    assert not gens["multi-cost"].generated and gens["multi-cost"].fallback_reason == "nothing verified"
+    assert report.metrics.fallback_rate == 0.5
+    assert report.per_category["factual"].fallback_rate == 0.0
+    assert report.per_category["multi_doc"].fallback_rate == 1.0
+    assert all("@llm" not in x for r in report.records for x in r.reasons)  # triage breakdown unchanged
+    md = render_markdown(report)
+    assert "## The generated answer (LLM engine)" in md and "| `number` |" in md
+    assert "fallback: nothing verified" in md and "9 g/kg" in md
+
+
+def test_the_chat_shows_the_lead_at_once_and_the_summary_above_it(assistant: Assistant) -> None:
+    from types import SimpleNamespace
+
+    from ivig_qa.web.chat import ChatHandlers, ChatSession
+    from ivig_qa.web.chat_render import md_answer
+
+    question = "how often is ivig given for lupus"
+    _retrieval, sources = sources_for(assistant, question)
+    monthly = next(s for s in sources if "once or twice a month" in s.text)
+    generated = f"IVIG infusions are usually given once or twice a month [{monthly.n}]."
+    a = llm_assistant(assistant, fake_engine(assistant, [generated]))
+    handlers = ChatHandlers(
+        lambda: a, dict, assistant.settings, limiter=SimpleNamespace(take=lambda _c: 0.0), feedback=None
+    )  # type: ignore[arg-type]
+    session = ChatSession()
+    request = SimpleNamespace(client=SimpleNamespace(host="127.0.0.1"))
+    shown = [msgs[-1]["content"] for msgs, *_ in handlers.respond(question, session, request)]  # type: ignore[arg-type]
+    quotes = md_answer(QUOTES_LABEL)
+    with_lead = [i for i, text in enumerate(shown) if quotes in text]
+    first = with_lead[0]
+    assert "IVIG infusions" not in shown[first]  # the lead alone first …
+    # … then the summary grows above it, the lead staying below.
+    grown = [t for t in shown[first + 1 :] if "IVIG infusions" in t]
+    assert grown and all(t.index("IVIG infusions") < t.index(quotes) for t in grown)
 
 
 def test_guardrails_stay_in_code_around_the_llm(assistant: Assistant) -> None:
@@ -361,7 +483,8 @@ def test_real_judge_removes_an_injected_wrong_sentence(real_assistant: Assistant
     )
     kept, dropped = engine.verify(generated, sources)
     assert [g.text for g, _ in kept] == [generated[0].text]
-    assert {text for text, _why in dropped} == {generated[1].text, generated[2].text}
+    assert {d.text for d in dropped} == {generated[1].text, generated[2].text}
+    assert {d.code for d in dropped} == {"unit", "number"}
 
 
 def test_real_model_streams_tokens(real_assistant: Assistant) -> None:
@@ -370,6 +493,25 @@ def test_real_model_streams_tokens(real_assistant: Assistant) -> None:
     assert isinstance(answer, Answer) and len(items) > 5
     assert all(isinstance(p, str) for p in items[:-1])
     assert answer.timings_ms["llm_first_token"] < answer.timings_ms["total"]
+
+
+def test_bench_measures_the_lead_then_the_summary(real_assistant: Assistant) -> None:
+    """`ivig-qa bench`'s LLM numbers, warm: the lead is on screen before the summary's first token."""
+    from ivig_qa.bench.llm import measure_llm
+    from ivig_qa.bench.report import tables
+    from ivig_qa.bench.runner import BenchReport, Environment
+    from ivig_qa.bench.targets import check_targets
+
+    result = measure_llm(real_assistant.settings, ["for lupus pts how often do they hook u up to the drip"])
+    assert result is not None and result.model.startswith("llm:")
+    assert result.lead.n == result.summary_first_token.n == result.full.n == 1
+    assert result.lead.median_ms < result.summary_first_token.median_ms < result.full.median_ms
+    report = BenchReport(
+        Environment(2, 2, [0.0], [0.0], "3.11", "x", "now", 1.0), None, None, None, [], [], result
+    )
+    names = [c.name for c in check_targets(report)]
+    assert any("first visible text" in n for n in names) and any("summary first token" in n for n in names)
+    assert any(t.title.startswith("LLM engine") for t in tables(report))
 
 
 def test_llamacpp_chat_model_invokes_and_streams(real_assistant: Assistant) -> None:

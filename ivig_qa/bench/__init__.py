@@ -1,6 +1,6 @@
 """``ivig-qa bench``: how fast the assistant is, measured the way it runs, against targets.
 
-Five measurements, each on a private index built in a temporary folder so the operator's
+Six measurements, each on a private index built in a temporary folder so the operator's
 index is never touched:
 
 * **answer latency** per stage (``Answer.timings_ms``) over the evaluation questions, warm;
@@ -10,10 +10,13 @@ index is never touched:
 * **index build throughput** on the bundled corpus and on a generated corpus of at least
   10,000 chunks, next to the bare sentence-transformers encode of the same texts (the
   physical limit), so the pipeline's own overhead is visible;
-* **peak memory** (RSS high-water mark) of the server process.
+* **peak memory** (RSS high-water mark) of the server process;
+* **the LLM engine** (when its extra is installed), warm over a few answerable questions: the
+  first visible text (the lead), the summary's first token and the full verified answer.
 
-``corpora`` makes the inputs, ``measure`` takes the measurements, ``targets`` checks them
-against the goals, ``runner`` runs them all into one report and ``report`` writes it out.
+``corpora`` makes the inputs, ``measure`` takes the measurements (``llm`` the LLM engine's),
+``targets`` checks them against the goals, ``runner`` runs them all into one report and
+``report`` writes it out.
 The process helpers (free ports, a ``chroma run`` server, an ``ivig-qa serve`` process)
 are in :mod:`ivig_qa.testing`, shared with the tests that need real servers.
 """

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ivig_qa.bench.llm import LLMLatencyResult
 from ivig_qa.bench.measure import (
     BuildResult,
     ColdStartResult,
@@ -37,6 +38,8 @@ def tables(report: BenchReport) -> list[Table]:
         out.append(_latency_table(report.latency))
     if report.server:
         out += _server_tables(report.server)
+    if report.llm:
+        out.append(_llm_table(report.llm))
     if report.cold_start:
         out.append(_cold_table(report.cold_start))
     if report.builds:
@@ -55,6 +58,20 @@ def _latency_table(lat: LatencyResult) -> Table:
     rows = [[s.stage, *(f"{v:.1f}" for v in _stat_values(s.stats))] for s in lat.stages]
     title = f"Warm answer latency, ms ({lat.questions} questions × {lat.rounds})"
     return Table(title, ["stage", "median", "p95", "p99", "mean", "max"], rows)
+
+
+def _llm_table(llm: LLMLatencyResult) -> Table:
+    rows = [
+        [name, str(s.n), f"{s.median_ms:.0f}", f"{s.p90_ms:.0f}"]
+        for name, s in (
+            ("first visible text (the lead)", llm.lead),
+            ("summary first token", llm.summary_first_token),
+            ("full verified answer", llm.full),
+        )
+    ]
+    answered = ", ".join(f"{e}: {n}" for e, n in sorted(llm.engines.items()))
+    title = f"LLM engine `{llm.model}`, warm, ms ({llm.questions} questions × {llm.rounds}; {answered})"
+    return Table(title, ["from the question sent to", "n", "median", "p90"], rows)
 
 
 def _stat_values(s: Stats) -> tuple[float, ...]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ivig_qa.bench.corpora import load_questions, scale_corpus
+from ivig_qa.bench.llm import LLMLatencyResult, measure_llm
 from ivig_qa.bench.measure import (
     BuildResult,
     ColdStartResult,
@@ -49,6 +50,7 @@ class BenchReport:
     cold_start: ColdStartResult | None
     builds: list[BuildResult]
     targets: list[TargetCheck]
+    llm: LLMLatencyResult | None = None
 
 
 @dataclass
@@ -62,6 +64,9 @@ class BenchConfig:
     cold_runs: int = 3
     scaled_chunks: int = 10_000
     profile: bool = True
+    # The LLM engine (when its extra is installed): a few answerable questions, warm; 0 = skip.
+    llm_questions_file: Path = Path("eval/llm_questions.jsonl")
+    llm_questions: int = 5
 
 
 def run_bench(settings: Settings, config: BenchConfig, step: Step = lambda _m: None) -> BenchReport:
@@ -88,6 +93,11 @@ def run_bench(settings: Settings, config: BenchConfig, step: Step = lambda _m: N
         IndexStore(local).build()
         step(f"answer latency: {len(questions)} questions × {config.rounds}")
         latency = measure_latency(local, questions, config.rounds, config.profile)
+        llm = None
+        if config.llm_questions > 0 and config.llm_questions_file.is_file():
+            asked = load_questions(config.llm_questions_file)[: config.llm_questions]
+            step(f"LLM engine latency: {len(asked)} questions, warm")
+            llm = measure_llm(local, asked)
         env = settings_env(local)
         step(f"cold start: {config.cold_runs} fresh processes")
         cold = measure_cold_start(env, config.cold_runs)
@@ -99,7 +109,7 @@ def run_bench(settings: Settings, config: BenchConfig, step: Step = lambda _m: N
             big = local.updated(**{"corpus_dir": scaled, "index_dir": work / "s"})
             builds.append(measure_build(big, f"scaled ×{copies}"))
     environment = _environment(started_at, load_before, time.perf_counter() - began)
-    report = BenchReport(environment, latency, server, cold, builds, [])
+    report = BenchReport(environment, latency, server, cold, builds, [], llm)
     report.targets = check_targets(report)
     return report
 

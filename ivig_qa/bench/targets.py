@@ -30,6 +30,9 @@ TARGETS = {
     "cold_start": Target("cold start to first answer (median)", 6, "s"),
     "build_overhead": Target("index build time / raw encode time", 1.25, "×"),
     "server_rss": Target("server peak RSS", 1200, "MB"),
+    "llm_lead": Target("LLM engine: first visible text, the lead (median, warm)", 500, "ms"),
+    "llm_first_token": Target("LLM engine: summary first token (median, warm)", 3000, "ms"),
+    "llm_full": Target("LLM engine: full verified answer (median, warm)", 8000, "ms"),
 }
 
 
@@ -57,6 +60,10 @@ def check_targets(report: BenchReport) -> list[TargetCheck]:
         values["cold_start"] = report.cold_start.median_s
     if report.builds:
         values["build_overhead"] = report.builds[-1].overhead
+    if report.llm:
+        values["llm_lead"] = report.llm.lead.median_ms
+        values["llm_first_token"] = report.llm.summary_first_token.median_ms
+        values["llm_full"] = report.llm.full.median_ms
     checks = []
     for key, value in values.items():
         t = TARGETS[key]

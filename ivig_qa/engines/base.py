@@ -6,10 +6,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from ivig_qa.types import Citation
+from ivig_qa.types import Citation, Reason
 
 if TYPE_CHECKING:
     from ivig_qa.retrieval import Retrieval
+
+
+class Lead(str):
+    """A streamed piece that is the answer's lead, shown at once (the LLM engine's quotes).
+
+    Pieces streamed after a ``Lead`` (the summary being generated) are shown above it; the final
+    answer reads ``summary + "\n\n" + lead``. Engines that stream in reading order send none.
+    """
 
 
 @dataclass
@@ -18,7 +26,8 @@ class Composition:
 
     ``generated`` says the text was written by a model (and verified) rather than quoted;
     ``fallback_reason`` says why a generating engine answered with quotes instead;
-    ``timings`` are the engine's own stage timings (ms), merged into ``Answer.timings_ms``.
+    ``timings`` are the engine's own stage timings (ms), merged into ``Answer.timings_ms``;
+    ``reasons`` say what the engine left out and why (e.g. a generated sentence it dropped).
     """
 
     text: str
@@ -27,6 +36,7 @@ class Composition:
     generated: bool = False
     fallback_reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    reasons: list[Reason] = field(default_factory=list)
 
 
 class AnswerEngine(Protocol):

@@ -13,6 +13,7 @@ from rich import box
 from rich.table import Table
 
 from ivig_qa.evaluation.concepts import markdown_sections
+from ivig_qa.evaluation.generation import dropped_table
 from ivig_qa.evaluation.runner import EvalReport, Metrics
 
 if TYPE_CHECKING:
@@ -49,6 +50,19 @@ FOCUS_COLUMNS: tuple[tuple[str, str], ...] = (
     ("cited_recall", "cited recall"),
     ("key_fact_coverage", "key facts"),
     ("context_quoted", "headings quoted"),
+)
+# A generating engine (evaluation/generation.py): shown only when one answered.
+GENERATION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("fallback_rate", "fallback rate"),
+    ("kept_sentences_mean", "kept / answer"),
+    ("dropped_sentences_mean", "dropped / answer"),
+    ("key_fact_coverage", "key facts"),
+    ("citation_recall", "citation recall"),
+    ("citation_precision", "citation prec."),
+    ("answer_words_median", "words p50"),
+    ("lead_ms_median", "lead p50 ms"),
+    ("first_token_ms_median", "first token p50 ms"),
+    ("latency_ms_median", "latency p50 ms"),
 )
 
 
@@ -134,6 +148,7 @@ def render_markdown(report: EvalReport) -> str:
         ),
         "",
     ]
+    parts += _generation_section(report)
     parts += markdown_sections(report.per_concept, report.reasons_on_wrong_status, _md_table)
     parts += ["## Failures", ""]
     failing = [r for r in report.records if r.failures]
@@ -145,6 +160,39 @@ def render_markdown(report: EvalReport) -> str:
         if not r.status_ok and r.reasons:
             parts.append(f"  - reasons: {', '.join(f'`{x}`' for x in r.reasons)}")
     return "\n".join(parts) + "\n"
+
+
+def _generation_section(report: EvalReport) -> list[str]:
+    """The generating engine's part: fallback rate per category, the reasons sentences were
+    dropped (counted), and each dropped sentence with its reason."""
+    if report.metrics.fallback_rate is None:
+        return []
+    rows = [(name, x) for name, x in _rows(report) if x.fallback_rate is not None]
+    parts = [
+        "## The generated answer (LLM engine)",
+        "",
+        "Over expect=answer items: fallback rate (the extractive engine answered instead), generated "
+        "sentences kept and dropped per answer, the lead (first visible text, from composing) and the "
+        "summary's first token.",
+        "",
+        _md_table(
+            ["category", "n", *[label for _, label in GENERATION_COLUMNS]],
+            [[name, str(x.n), *[fmt(getattr(x, k)) for k, _ in GENERATION_COLUMNS]] for name, x in rows],
+        ),
+        "",
+        "### Why generated sentences were dropped",
+        "",
+    ]
+    table = dropped_table(report.records)
+    header = ["reason", "meaning", "sentences", "answers"]
+    parts.append(_md_table(header, table) if table else "None dropped.")
+    parts.append("")
+    details = [(r, d) for r in report.records if r.generation for d in r.generation.dropped_detail]
+    if details:
+        parts += ["<details><summary>Every dropped sentence</summary>", ""]
+        parts += [f"- `{r.id}`: {d}" for r, d in details]
+        parts += ["", "</details>", ""]
+    return parts
 
 
 # Short headers for the terminal (report.md spells them out).

@@ -42,6 +42,7 @@ from ivig_qa.evaluation.concepts import ConceptRow, per_concept, reason_labels, 
 from ivig_qa.evaluation.dataset import CATEGORIES, EvalItem, Evidence, SetItem, TextRange
 from ivig_qa.evaluation.focus import LOWER_IS_BETTER as FOCUS_LOWER_IS_BETTER
 from ivig_qa.evaluation.focus import FocusRecord, context_ranges, focus_metrics, score_focus
+from ivig_qa.evaluation.generation import GenerationRecord, generation_metrics, generation_record
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.text import collapse_space, markers
 from ivig_qa.types import Answer, Citation
@@ -130,6 +131,7 @@ class QuestionRecord(BaseModel):
     # Triage breakdown (evaluation/concepts.py): the item's concept and the answer's reasons.
     concept: str = ""
     reasons: list[str] = Field(default_factory=list, description="The answer's reasons, as id@layer.")
+    generation: GenerationRecord | None = Field(None, description="LLM engine: generated or why not.")
 
 
 class Metrics(BaseModel):
@@ -163,6 +165,11 @@ class Metrics(BaseModel):
     answer_words_median: float | None = None
     answer_words_p90: float | None = None
     context_quoted: int = Field(0, description="Quotes of a heading, title, byline or reference line.")
+    # -- a generating engine (evaluation/generation.py), over expect=answer items -----------------
+    fallback_rate: float | None = Field(None, description="Share answered by the extractive fallback.")
+    kept_sentences_mean: float | None = None
+    dropped_sentences_mean: float | None = None
+    lead_ms_median: float | None = Field(None, description="From composing to the lead (first text).")
 
 
 # Metrics a --fail-under threshold may name; for these lower is better.
@@ -174,6 +181,9 @@ LOWER_IS_BETTER = frozenset(
         "latency_ms_median",
         "latency_ms_p95",
         "first_token_ms_median",
+        "fallback_rate",
+        "dropped_sentences_mean",
+        "lead_ms_median",
     }
     | FOCUS_LOWER_IS_BETTER
 )
@@ -248,6 +258,7 @@ def compute_metrics(records: Sequence[QuestionRecord]) -> Metrics:
         latency_ms_p95=round(float(np.percentile(latencies, 95)), 2) if latencies else None,
         first_token_ms_median=round(float(np.median(first_tokens)), 2) if first_tokens else None,
         **focus_metrics(records),
+        **generation_metrics(records),
     )
 
 
@@ -352,7 +363,8 @@ class Evaluator:
             first_token_ms=answer.timings_ms.get("llm_first_token"),
             failures=[],
             concept=item.concept,
-            reasons=reason_labels(answer.reasons),
+            reasons=reason_labels([r for r in answer.reasons if r.layer != "llm"]),
+            generation=generation_record(answer),
         )
         record.focus = score_focus(loaded, answer.answer, answer.citations, self.documents, self.contexts)
         record.failures = failure_reasons(record, item, self.k_final) + focus_failures(record)

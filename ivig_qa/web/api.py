@@ -20,6 +20,7 @@ from sse_starlette import EventSourceResponse, JSONServerSentEvent
 from starlette.routing import Match
 
 from ivig_qa.assistant import Assistant
+from ivig_qa.engines.base import Lead
 from ivig_qa.feedback import AnswerIds, FeedbackIn
 from ivig_qa.index import is_unavailable
 from ivig_qa.policy.input import InvalidQuestion
@@ -93,12 +94,21 @@ def api_routes(settings: Settings) -> APIRouter:
         summary="Answer a question as server-sent events",
         response_class=EventSourceResponse,
         responses={
-            200: {"content": {"text/event-stream": {}}, "description": "`delta` events, then `answer`."}
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "`delta` events (and, from the LLM engine, one `lead` event: deltas after "
+                "it go above it), then `answer`.",
+            }
         },
     )
     async def ask_stream(state: State, body: ask_request, request: Request) -> EventSourceResponse:  # type: ignore[valid-type]
         """``event: delta`` with ``{"text": ...}`` pieces as they are produced, then one
-        ``event: answer`` with the full ``Answer`` JSON (or ``event: error``)."""
+        ``event: answer`` with the full ``Answer`` JSON (or ``event: error``).
+
+        The LLM engine sends its quotes first as one ``event: lead`` (``{"text": ...}``), shown at
+        once below the deltas so far; the deltas after it are the summary being written, shown
+        above the lead (the answer reads: deltas before, deltas after, a blank line, the lead).
+        The ``answer`` event is authoritative: it replaces everything streamed."""
         question, turns = body.checked()
         assistant = state.ready_assistant()
         log_question(state.settings, question)
@@ -245,7 +255,8 @@ async def stream_events(
     answer_ids: AnswerIds,
     on_answer: Callable[[Answer], None] | None = None,
 ) -> AsyncIterator[JSONServerSentEvent]:
-    """Pull ``Assistant.stream`` in worker threads; text pieces as ``delta``, then ``answer``."""
+    """Pull ``Assistant.stream`` in worker threads; text pieces as ``delta`` (a ``Lead`` as
+    ``lead``), then ``answer``."""
     pieces: Iterator[str | Answer] = assistant.stream(question, history)
     try:
         while (item := await anyio.to_thread.run_sync(next, pieces, _DONE, limiter=slots)) is not _DONE:
@@ -256,7 +267,8 @@ async def stream_events(
                 log_answer(item)
                 yield JSONServerSentEvent(item.to_dict(), event="answer")
             else:
-                yield JSONServerSentEvent({"text": item}, event="delta")
+                kind = "lead" if isinstance(item, Lead) else "delta"
+                yield JSONServerSentEvent({"text": str(item)}, event=kind)
     except Exception as exc:
         unavailable = is_unavailable(exc)
         log.log(

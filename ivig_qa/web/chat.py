@@ -24,7 +24,7 @@ from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Message, Status
 from ivig_qa.web.catalog import catalog
-from ivig_qa.web.chat_render import landing_markdown, md_answer, md_text, render_reply
+from ivig_qa.web.chat_render import Streamed, landing_markdown, md_answer, md_text, render_reply
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -168,7 +168,7 @@ class ChatHandlers:
         if self.settings.server.log_questions:
             log.info("chat question: %r", question)
         yield session.shown, session, ""
-        text = ""
+        streamed = Streamed()
         history = session.history()[-self.settings.policy.max_history_turns :]
         for piece in assistant.stream(question, history):
             if isinstance(piece, Answer):
@@ -178,8 +178,8 @@ class ChatHandlers:
                     self.on_answer(piece)
                 log.info("chat answer %s status=%s", piece.answer_id, piece.status.value)
             else:
-                text += piece
-                session.set_reply(md_answer(text))
+                streamed.add(piece)
+                session.set_reply(md_answer(streamed.text))
             yield session.shown, session, ""
 
     def _refusal(self, request: gr.Request | None) -> str | None:

@@ -1,4 +1,5 @@
-"""The chat's Markdown: escaping, an answer with its list of sources, and the landing view."""
+"""The chat's Markdown: escaping, an answer being streamed, an answer with its list of sources,
+and the landing view."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from ivig_qa.engines.base import Lead
 from ivig_qa.types import Status
 from ivig_qa.web.catalog import Cited, SourceInfo, by_document, source_info, source_path
 
@@ -27,6 +29,34 @@ def md_text(text: str) -> str:
 def md_answer(text: str) -> str:
     """The answer's own Markdown (bold titles, bullets, ``[n]``) with any HTML in it escaped."""
     return html.escape(text, quote=False).replace("`", "&#96;")
+
+
+class Streamed:
+    """The text of an answer being streamed, as it reads so far.
+
+    Pieces are appended, except after a ``Lead`` (the LLM engine's quotes, shown at once): the
+    pieces after it are the summary being written, which reads above the lead.
+    """
+
+    def __init__(self) -> None:
+        self.before = ""
+        self.lead: str | None = None
+        self.after = ""
+
+    def add(self, piece: str) -> None:
+        if isinstance(piece, Lead):
+            self.lead = str(piece)
+        elif self.lead is None:
+            self.before += piece
+        else:
+            self.after += piece
+
+    @property
+    def text(self) -> str:
+        if self.lead is None:
+            return self.before
+        summary = self.after.strip()
+        return self.before + (f"{summary}\n\n" if summary else "") + self.lead
 
 
 def sources_markdown(citations: Iterable[Cited], metadata_of: MetadataOf) -> str:

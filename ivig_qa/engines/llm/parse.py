@@ -39,6 +39,7 @@ def _end_before_cites(m: re.Match[str]) -> str:
 def split_generated(answer: str) -> list[Generated]:
     """Sentences with their ``[n]``; markers may come before or after the full stop."""
     lines = []
+    answer = re.sub(r"^\s*(?:answer|short answer)\s*:\s*", "", answer, flags=re.IGNORECASE)
     for line in answer.replace("**", "").splitlines():
         line = _BULLET.sub("", line).strip()
         lead = re.match(rf"^({_CITES})(.+)$", line)

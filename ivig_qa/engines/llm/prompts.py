@@ -1,6 +1,9 @@
-"""Every text the LLM engine sends a model: the answer prompt over numbered sources, and the judge's.
+"""Every text the LLM engine sends a model: the answer prompt over numbered quotes, and the judge's.
 
 Only here are prompts worded; the engine and the judge build their messages with these functions.
+Every request opens with the same ``SYSTEM_PROMPT`` (instructions and one worked example), so
+llama.cpp reuses its evaluated prefix (the KV cache) from one request to the next, answer and
+judge alike: only the quotes and the question are new tokens.
 """
 
 from __future__ import annotations
@@ -13,25 +16,38 @@ from ivig_qa.text import collapse_space
 if TYPE_CHECKING:
     from ivig_qa.engines.extractive import Candidate
 
-SYSTEM_PROMPT = (
-    "You answer questions about IVIG for patients, using only the numbered source sentences.\n"
-    "Write 2 to 4 short sentences in plain words. When several sources answer, say what each one says. "
-    "Copy numbers, doses and names exactly as the sources write them. End each sentence with the "
-    "number of its source, like [2]. Add nothing that the sources do not say."
-)
-# Generation stops if the model starts writing a new prompt section of its own.
-STOP = ["\nQuestion:", "\nSources:"]
+# Short and plain for a 1.5B model; the example shows the form (copy numbers, one [n] per
+# sentence, answer first) on a topic outside the corpus, so none of its facts can leak into an
+# answer unnoticed (the verifier would drop them anyway).
+SYSTEM_PROMPT = """\
+You help patients understand short quotes from medical sources.
+Answer the question in 2 to 4 short, plain sentences, using only the numbered quotes.
+Answer the question first, in the quotes' own words. Copy numbers, doses and names exactly.
+End every sentence with the number of the quote it comes from, like [1].
+Do not add advice or facts that the quotes do not give.
 
-JUDGE_SYSTEM = "You check facts against a source text. Reply with one word: yes or no."
+Example.
+Quotes:
+[1] Most healthy adults can donate whole blood every 56 days.
+[2] The donation itself usually takes about 10 minutes.
+Question: how often can i give blood
+Answer: Most healthy adults can give blood every 56 days [1]. It usually takes about 10 minutes [2]."""
+
+# Generation stops if the model starts writing a new prompt section of its own.
+STOP = ["\nQuestion:", "\nQuotes:", "\nExample"]
+
 JUDGE_USER = (
-    "Source: {passage}\n\nClaim: {statement}\n\n"
-    "Does the source state everything the claim says? Reply yes or no."
+    "Check a sentence against a quote.\nQuote: {passage}\nSentence: {statement}\n"
+    "Does the quote say everything the sentence says? Reply with one word: yes or no."
 )
 
 
 @dataclass
 class Source:
-    """A numbered source span in the prompt: verbatim text at ``start:end`` of its document."""
+    """A numbered quote in the prompt: verbatim text at ``start:end`` of its document.
+
+    ``n`` is the quote's number in the answer too (the quotes are shown under the summary).
+    """
 
     n: int
     candidate: Candidate
@@ -45,15 +61,13 @@ class Source:
 
 
 def prompt_text(question: str, sources: list[Source]) -> str:
-    """The user turn: the numbered sources under their document titles, then the question."""
-    lines = ["Sources:"]
-    title = None
-    for src in sources:
-        if src.title != title:
-            title = src.title
-            lines.append(f"From “{title}”:")
-        lines.append(f"[{src.n}] {collapse_space(src.text)}")
-    lines += ["", f"Question: {question}"]
+    """The user turn: the numbered quotes, then the question.
+
+    No document titles: a small model states a title ("IVIG for Lupus") as a fact no quote
+    supports, and every such sentence was dropped; the quotes alone are what can be cited.
+    """
+    lines = ["Quotes:", *(f"[{src.n}] {collapse_space(src.text)}" for src in sources)]
+    lines += [f"Question: {question}", "Answer:"]
     return "\n".join(lines)
 
 
@@ -65,10 +79,13 @@ def answer_messages(question: str, sources: list[Source]) -> list:
 
 
 def judge_messages(statement: str, passage: str) -> list:
-    """The chat messages asking whether ``passage`` supports ``statement`` (yes or no)."""
+    """The chat messages asking whether ``passage`` supports ``statement`` (yes or no).
+
+    They open with the answer's system prompt, so a judge call keeps the cached prefix.
+    """
     from langchain_core.messages import HumanMessage, SystemMessage
 
     return [
-        SystemMessage(JUDGE_SYSTEM),
+        SystemMessage(SYSTEM_PROMPT),
         HumanMessage(JUDGE_USER.format(passage=collapse_space(passage), statement=statement)),
     ]

@@ -1,5 +1,11 @@
 """Checking a generated sentence against source text: numbers, time units, names, words, negation,
-then the model's own yes/no (``SupportJudge``); ``LLMSupportChecker`` is that check for the eval."""
+then the model's own yes/no (``SupportJudge``); ``LLMSupportChecker`` is that check for the eval.
+
+Every refusal is a ``Problem``: the reason in words and a short ``code`` (``number``, ``unit``,
+``name``, ``overlap``, ``negation``, ``judge``, ``budget``…) that the engine reports per dropped
+sentence and the eval counts. When the words alone decide (a verbatim quote, or nearly every
+word, number and name in the quote and no added negation), the model is not asked.
+"""
 
 from __future__ import annotations
 
@@ -44,8 +50,13 @@ _UNIT = re.compile(
     re.IGNORECASE,
 )
 _UNIT_OF = {"daily": "day", "weekly": "week", "monthly": "month", "yearly": "year"}
-_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
-_ENTITY = re.compile(r"[A-Za-z][A-Za-z0-9'’-]*")
+# "100K" and "$5k" are thousands, "2M" millions: the sources write amounts both ways.
+_NUMBER = re.compile(
+    r"\d+(?:,\d{3})*(?:\.\d+)?(?:[kKmM]\b)?|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE
+)
+_SCALE = {"k": 1000, "m": 1_000_000}
+# A word starts at a word boundary: the "K" of "$100K" is part of a number, not a name.
+_ENTITY = re.compile(r"(?<![\w'’-])[A-Za-z][A-Za-z0-9'’-]*")
 _NEGATION = re.compile(
     r"\b(?:not|no|never|none|nor|neither|cannot|without|unlikely|lack|lacks|unknown|unclear)\b|n['’]t\b",
     re.IGNORECASE,
@@ -60,8 +71,10 @@ def numbers(text: str) -> set[str]:
     for raw in _NUMBER.findall(text):
         word = _NUMBER_WORDS.get(raw.lower())
         value = word or raw.replace(",", "")
+        scale = _SCALE.get(value[-1].lower(), 1) if value[-1].isalpha() else 1
+        value = value.rstrip("kKmM") if scale > 1 else value
         try:
-            out.add(format(float(value), "g"))
+            out.add(format(float(value) * scale, ".15g"))
         except ValueError:
             out.add(value)
     return out
@@ -93,26 +106,59 @@ def _has_word(text_low: str, word: str) -> bool:
     return re.search(rf"(?<![a-z0-9]){re.escape(word.lower())}", text_low) is not None
 
 
-def lexical_problem(statement: str, passage: str, min_overlap: float) -> str | None:
+class Problem(str):
+    """Why a source does not support a sentence, in words, with a short ``code`` for counting."""
+
+    code: str
+
+    def __new__(cls, text: str, code: str) -> Problem:
+        made = super().__new__(cls, text)
+        made.code = code
+        return made
+
+
+# What each code means, for the eval report's table of dropped sentences.
+PROBLEM_CODES = {
+    "number": "a number the quote does not have",
+    "unit": "a time unit the quote does not have",
+    "name": "a name the quote does not have",
+    "overlap": "too few of its words are in the quote",
+    "negation": "negates what the quote does not",
+    "judge": "the model judge said no",
+    "budget": "no judge calls or time left",
+    "markup": "contains markup",
+    "no_citation": "cites no quote and no quote supports it",
+    "limit": "over the sentence limit",
+    "words": "over the summary's word limit",
+}
+# A sentence that has at least this share of its content words in the quote, with every number,
+# time unit and name and no added negation, is supported on its words alone: no judge call.
+DECISIVE_OVERLAP = 0.85
+
+
+def word_share(statement: str, passage: str) -> float:
+    """The share of the statement's content words that the passage has (1.0 for none)."""
+    terms = set(tokenize(statement))
+    return len(terms & set(tokenize(passage))) / len(terms) if terms else 1.0
+
+
+def lexical_problem(statement: str, passage: str, min_overlap: float) -> Problem | None:
     """Why ``passage`` cannot support ``statement`` on its words alone (None: it may)."""
     missing_numbers = numbers(statement) - numbers(passage)
     if missing_numbers:
-        return f"number(s) not in the source: {', '.join(sorted(missing_numbers))}"
+        return Problem(f"number(s) not in the source: {', '.join(sorted(missing_numbers))}", "number")
     missing_units = units(statement) - units(passage)
     if missing_units:
-        return f"time unit(s) not in the source: {', '.join(sorted(missing_units))}"
+        return Problem(f"time unit(s) not in the source: {', '.join(sorted(missing_units))}", "unit")
     low = passage.lower()
     missing = [e for e in entities(statement) if not _has_word(low, e)]
     if missing:
-        return f"name(s) not in the source: {', '.join(missing)}"
-    terms = set(tokenize(statement))
-    if terms:
-        source_terms = set(tokenize(passage))
-        share = len(terms & source_terms) / len(terms)
-        if share < min_overlap:
-            return f"only {share:.0%} of its words are in the source"
+        return Problem(f"name(s) not in the source: {', '.join(missing)}", "name")
+    share = word_share(statement, passage)
+    if share < min_overlap:
+        return Problem(f"only {share:.0%} of its words are in the source", "overlap")
     if _NEGATION.search(statement) and not _NEGATION.search(passage):
-        return "negates what the source does not"
+        return Problem("negates what the source does not", "negation")
     return None
 
 
@@ -123,6 +169,7 @@ class Budget:
     max_calls: int
     deadline: float
     calls: int = 0
+    decided_by_words: int = 0  # supported on the words alone (no judge call needed)
 
 
 class SupportJudge:
@@ -146,8 +193,9 @@ class SupportJudge:
             reply = self.model.chat.invoke(judge_messages(statement, passage), max_tokens=3, temperature=0.0)
         return message_text(reply.content).strip().lower().lstrip("\"'*").startswith("yes")
 
-    def check(self, statement: str, passage: str, budget: Budget | None = None) -> str | None:
-        """None when supported, else the reason. A verbatim quote needs no model to say so.
+    def check(self, statement: str, passage: str, budget: Budget | None = None) -> Problem | None:
+        """None when supported, else the reason. The words decide when they can: a verbatim
+        quote, or a sentence made of the quote's words (``DECISIVE_OVERLAP``), needs no model.
 
         With a ``budget``, a model call is made only while calls and time are left (and counted).
         """
@@ -156,13 +204,19 @@ class SupportJudge:
         problem = lexical_problem(statement, passage, self.min_overlap)
         if problem:
             return problem
+        if word_share(statement, passage) >= DECISIVE_OVERLAP:
+            if budget is not None:
+                budget.decided_by_words += 1
+            return None
         if budget is not None and self.model is not None:
             if budget.calls >= budget.max_calls:
-                return "verification budget used up"
+                return Problem("verification budget used up", "budget")
             if time.perf_counter() > budget.deadline:
-                return "verification time limit"
+                return Problem("verification time limit", "budget")
             budget.calls += 1
-        return None if self.judge(statement, passage) else "the judge says the source does not support it"
+        if self.judge(statement, passage):
+            return None
+        return Problem("the judge says the source does not support it", "judge")
 
 
 class LLMSupportChecker:

@@ -493,12 +493,20 @@
     return request("/api/ask/stream", { method: "POST", headers: headers(false), body: body }).then(function (response) {
       if (!response.ok) return failed(response, question, asked, bubble);
       clearNotice();
+      // Text before a "lead" event, the lead (the LLM engine's quotes, shown at once) and the
+      // text after it (the summary being written, which reads above the lead).
       var text = "";
+      var lead = null;
+      var summary = "";
       var finished = false;
       return readEvents(response.body, function (event, data) {
-        if (event === "delta" && data && typeof data.text === "string") {
-          text += data.text;
-          bubble.textContent = text;
+        if (event === "lead" && data && typeof data.text === "string") {
+          lead = data.text;
+          bubble.textContent = streamed(text, summary, lead);
+        } else if (event === "delta" && data && typeof data.text === "string") {
+          if (lead === null) text += data.text;
+          else summary += data.text;
+          bubble.textContent = streamed(text, summary, lead);
         } else if (event === "answer" && data) {
           finished = true;
           renderAnswer(bubble, data);
@@ -512,6 +520,12 @@
         if (!finished) offerRetry(question, asked, bubble, "The answer was interrupted.");
       });
     });
+  }
+
+  function streamed(before, summary, lead) {
+    if (lead === null) return before;
+    summary = summary.trim();
+    return before + (summary ? summary + "\n\n" : "") + lead;
   }
 
   function failed(response, question, asked, bubble) {
