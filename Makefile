@@ -75,8 +75,8 @@ $(AXE):
 axe: $(AXE)
 
 lint: install
-	$(BIN)/ruff check ivig_qa tests ui.py
-	$(BIN)/ruff format --check ivig_qa tests ui.py
+	$(BIN)/ruff check ivig_qa tests ui.py scripts eval
+	$(BIN)/ruff format --check ivig_qa tests ui.py scripts eval
 
 eval: install
 	$(BIN)/ivig-qa eval --set eval/questions.jsonl --baseline --out eval/reports/latest.md \

@@ -8,6 +8,7 @@ questions with the real local model through llama.cpp and is skipped only when t
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
