@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import httpx
@@ -377,10 +378,8 @@ def test_a_feedback_file_of_the_first_release_is_migrated_in_place(tmp_path: Pat
     FeedbackStore(db).close()  # opening again applies nothing twice
 
 
-def test_a_chat_rating_is_stored_with_its_answers_facts(
-    assistant: Assistant, session_settings: Settings, tmp_path: Path
-) -> None:
-    settings = session_settings.updated(feedback_db=tmp_path / "feedback.sqlite3")
+def chat_after_one_answer(assistant: Assistant, settings: Settings) -> tuple[Any, ChatHandlers, ChatSession]:
+    """The app's state, the chat's handlers on it, and a chat session that has had one answer."""
     app_state = create_app(settings, assistant=assistant).state.ivig
     handlers = ChatHandlers(
         get_assistant=lambda: assistant,
@@ -393,12 +392,42 @@ def test_a_chat_rating_is_stored_with_its_answers_facts(
     session = ChatSession()
     for _ in handlers.respond(QUESTION, session, None):  # type: ignore[arg-type]
         pass
+    return app_state, handlers, session
+
+
+def test_a_chat_rating_is_stored_with_its_answers_facts(
+    assistant: Assistant, session_settings: Settings, tmp_path: Path
+) -> None:
+    settings = session_settings.updated(feedback_db=tmp_path / "feedback.sqlite3")
+    app_state, handlers, session = chat_after_one_answer(assistant, settings)
     (index, answer_id) = next(iter(session.answer_ids.items()))
     handlers.rate(session, gr.LikeData(None, {"index": index, "value": "", "liked": False}))
     (stored,) = app_state.feedback.recent()
     assert stored.answer_id == answer_id and stored.rating == "down"
     assert stored.facts is not None and stored.facts.status == "answered" and stored.facts.cited
     assert stored.question is None
+    app_state.feedback.close()
+
+
+def test_a_chat_rating_while_the_feedback_database_is_busy_says_so_and_can_be_given_again(
+    assistant: Assistant, session_settings: Settings, tmp_path: Path
+) -> None:
+    settings = session_settings.updated(feedback_db=tmp_path / "feedback.sqlite3")
+    app_state, handlers, session = chat_after_one_answer(assistant, settings)
+    index = next(iter(session.answer_ids))
+    like = gr.LikeData(None, {"index": index, "value": "", "liked": True})
+    holder = sqlite3.connect(settings.server.feedback_db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the database
+    try:
+        note, _ = handlers.rate(session, like)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "could not be saved" in str(note)
+    assert app_state.feedback.recent() == []
+    note, _ = handlers.rate(session, like)  # the same click again, now stored
+    assert "saved" in str(note) and "could not" not in str(note)
+    assert [f.rating for f in app_state.feedback.recent()] == ["up"]
     app_state.feedback.close()
 
 

@@ -7,30 +7,12 @@ own process; skipped (``None``) when the ``llm`` extra or its model is not there
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from ivig_qa.bench.measure import Stats
 from ivig_qa.settings import Settings
-
-
-@dataclass
-class Spread:
-    """Median and p90 of a latency, in milliseconds."""
-
-    n: int
-    median_ms: float
-    p90_ms: float
-
-    @classmethod
-    def of(cls, samples_ms: list[float]) -> Spread:
-        if not samples_ms:
-            return cls(0, math.nan, math.nan)
-        p50, p90 = (round(float(x), 1) for x in np.percentile(samples_ms, [50, 90]))
-        return cls(len(samples_ms), p50, p90)
 
 
 @dataclass
@@ -41,9 +23,9 @@ class LLMLatencyResult:
     model: str
     questions: int
     rounds: int
-    lead: Spread
-    summary_first_token: Spread
-    full: Spread
+    lead: Stats
+    summary_first_token: Stats
+    full: Stats
     engines: dict[str, int] = field(default_factory=dict)
 
 
@@ -87,9 +69,9 @@ def measure_llm(settings: Settings, questions: list[str], rounds: int = 1) -> LL
         assistant.engine.name,
         len(questions),
         rounds,
-        Spread.of(leads),
-        Spread.of(firsts),
-        Spread.of(fulls),
+        Stats.of(leads),
+        Stats.of(firsts),
+        Stats.of(fulls),
         dict(engines),
     )
 

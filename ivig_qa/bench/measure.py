@@ -40,6 +40,7 @@ class Stats:
 
     n: int
     median_ms: float
+    p90_ms: float
     p95_ms: float
     p99_ms: float
     mean_ms: float
@@ -48,11 +49,11 @@ class Stats:
     @classmethod
     def of(cls, samples_ms: list[float]) -> Stats:
         if not samples_ms:
-            return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
+            return cls(0, *[math.nan] * 6)
         a = np.asarray(samples_ms, dtype=float)
-        p50, p95, p99 = (float(x) for x in np.percentile(a, [50, 95, 99]))
+        p50, p90, p95, p99 = (float(x) for x in np.percentile(a, [50, 90, 95, 99]))
         mean, top = float(a.mean()), float(a.max())
-        return cls(len(a), *(round(v, 2) for v in (p50, p95, p99, mean, top)))
+        return cls(len(a), *(round(v, 2) for v in (p50, p90, p95, p99, mean, top)))
 
 
 @dataclass

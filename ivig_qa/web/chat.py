@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import gradio as gr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ivig_qa.feedback import FeedbackIn, FeedbackStore
+from ivig_qa.feedback import FeedbackIn, FeedbackStore, FeedbackUnavailableError
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
 from ivig_qa.types import Answer, Message, Status
@@ -39,6 +39,7 @@ STARTING_TEXT = "The assistant is still starting (opening its sources). Please t
 # Gradio draws "Like"/"Dislike" as thumbs; the other options are the reasons under its flag button.
 REASONS = ("Did not answer my question", "Hard to understand", "Seems wrong or unsafe", "Something else")
 THANKS = "Thank you — your rating was saved."
+NOT_SAVED = "Sorry — your rating could not be saved just now. Please try again in a minute."
 THANKS_DOWN = (
     f"{THANKS} To tell us what was wrong, choose a reason with the “Feedback” (flag) button under the answer."
 )
@@ -228,18 +229,22 @@ class ChatHandlers:
             return gr.skip(), session
         turn = session.turn_of(answer_id)
         value = liked if isinstance(liked, str) else ("Like" if rating == "up" else "Dislike")
-        if turn is not None:
-            if turn.feedback == value:  # Gradio may send one choice twice: store it once
-                return gr.skip(), session
-            turn.feedback = value
-        self.feedback.add(
-            FeedbackIn(
-                answer_id=answer_id,
-                rating=rating,
-                comment=comment,
-                question=turn.question if turn is not None else None,
+        if turn is not None and turn.feedback == value:  # Gradio may send one choice twice: store it once
+            return gr.skip(), session
+        try:
+            self.feedback.add(
+                FeedbackIn(
+                    answer_id=answer_id,
+                    rating=rating,
+                    comment=comment,
+                    question=turn.question if turn is not None else None,
+                )
             )
-        )
+        except FeedbackUnavailableError:  # the rating is not stored, so the same click can try again
+            log.warning("a chat rating could not be stored: the feedback database is unavailable")
+            return note_html(NOT_SAVED), session
+        if turn is not None:
+            turn.feedback = value
         return note_html(note), session
 
     def landing(self) -> Any:
