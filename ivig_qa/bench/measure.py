@@ -30,7 +30,7 @@ from ivig_qa.settings import Settings
 from ivig_qa.testing import AppServer, quiet_env
 
 Step = Callable[[str], None]
-STAGES = ("condense", "retrieve", "compose", "guard", "total")
+STAGES = ("normalise", "condense", "retrieve", "policy", "compose", "guard", "total")
 COLD_START_QUESTION = "How often is IVIG given?"
 
 
