@@ -9,7 +9,7 @@ import pytest
 
 from ivig_qa.assistant import Assistant
 from ivig_qa.policy.decide import Findings, Thresholds, decide
-from ivig_qa.policy.language import other_language
+from ivig_qa.policy.language import filler_words, is_foreign_filler, other_language
 from ivig_qa.policy.normalise import correct_spelling, normalise
 from ivig_qa.policy.red_flags import Catalogue
 from ivig_qa.policy.scope import Coverage
@@ -66,6 +66,19 @@ def test_a_message_in_another_language_gets_a_reply_in_it(assistant: Assistant) 
 def test_foreign_filler_is_not_a_subject(assistant: Assistant) -> None:
     answer = assistant.ask("hola! how often is ivig usually given?")
     assert answer.status == Status.ANSWERED and answer.citations
+
+
+def test_other_languages_common_words_are_read_once_then_from_the_cache(tmp_path: Path) -> None:
+    """Reading pyspellchecker's lists takes over a second: done once, then a small cached file."""
+    words = filler_words(tmp_path)
+    assert {"hola", "bitte", "merci", "obrigado"} <= words
+    assert is_foreign_filler("hola", words) and not is_foreign_filler("infusion", words)
+    (cached,) = tmp_path.glob("filler-words-*.txt")
+    cached.write_text("hola\nzzyzx", "utf-8")  # proves the second call reads the file, not the lists
+    assert filler_words(tmp_path) == {"hola", "zzyzx"}
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("", "utf-8")
+    assert filler_words(not_a_folder) == words  # an unwritable cache only costs the time
 
 
 # -- symptoms ---------------------------------------------------------------------------------------

@@ -9,9 +9,12 @@ English message never loads it). Words of other languages inside an English mess
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from ivig_qa.policy.normalise import english
 
@@ -74,16 +77,38 @@ def other_language(text: str, known: frozenset[str] = frozenset()) -> Language |
     return Language(code, confidence, english_part.strip())
 
 
-@cache
-def _filler_lists() -> tuple:
+def filler_words(cache: Path | None = None) -> frozenset[str]:
+    """The common words (``FILLER_MIN_COUNT``) of ``FILLER_LANGUAGES``, from pyspellchecker's lists.
+
+    Reading those lists costs over a second, so the result is kept in ``cache`` (named by the
+    package's version) and read from there by later processes; the assistant loads it when it
+    starts, never in the middle of an answer. An unwritable cache folder only costs the time.
+    """
+    import importlib.metadata
+
+    version = importlib.metadata.version("pyspellchecker")
+    path = cache.expanduser() / f"filler-words-{version}.txt" if cache is not None else None
+    if path is not None and path.is_file():
+        with contextlib.suppress(OSError):
+            return frozenset(path.read_text("utf-8").split())
     from spellchecker import SpellChecker
 
-    return tuple(SpellChecker(language=code, distance=1) for code in FILLER_LANGUAGES)
+    words: set[str] = set()
+    for code in FILLER_LANGUAGES:
+        frequency = SpellChecker(language=code, distance=1).word_frequency
+        words |= {w for w, n in frequency.items() if n >= FILLER_MIN_COUNT}
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            partial.write_text("\n".join(sorted(words)), "utf-8")
+            partial.replace(path)
+    return frozenset(words)
 
 
-def is_foreign_filler(word: str) -> bool:
-    """A common word of another language and not of English ("hola", "bitte", "merci")."""
+def is_foreign_filler(word: str, filler: frozenset[str]) -> bool:
+    """A common word of another language (``filler``) and not of English ("hola", "bitte", "merci")."""
     low = word.lower()
     if english().word_frequency[low] >= 100:
         return False
-    return any(lists.word_frequency[low] >= FILLER_MIN_COUNT for lists in _filler_lists())
+    return low in filler

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ivig_qa.policy.language import is_foreign_filler
+from ivig_qa.policy.language import filler_words, is_foreign_filler
 from ivig_qa.policy.normalise import english
 from ivig_qa.policy.semantic import Encoder, encode_cached, unit_rows
 from ivig_qa.policy.triage import Rules
@@ -93,6 +93,7 @@ class ScopeChecker:
         self.known = known
         self.rules = Rules.load()
         self.encode = encode
+        self.filler = filler_words(cache)  # other languages' common words: loaded now, not mid-answer
         self._word_vectors: dict[str, np.ndarray] = {}
         self._everyday = None
         if encode is not None:
@@ -181,7 +182,10 @@ class ScopeChecker:
                 or bare in self.lay_terms
                 or bare.isdigit()
                 or self._covered(bare)
-                or (bare not in self.rules.subject_words and (self._common(bare) or is_foreign_filler(bare)))
+                or (
+                    bare not in self.rules.subject_words
+                    and (self._common(bare) or is_foreign_filler(bare, self.filler))
+                )
             ):
                 continue
             unknown.append(bare)
