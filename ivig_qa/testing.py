@@ -42,6 +42,38 @@ def small_corpus(corpus_dir: Path, dst: Path) -> Path:
     return dst
 
 
+def kill_index_build_at(settings: Settings, progress: str, *args: str) -> str:
+    """Run ``ivig-qa --verbose index *args`` and SIGKILL it when a stderr line matches ``progress``
+    (e.g. ``embedded 1/\\d+ chunks``); its stderr. Fails when it finished or died otherwise."""
+    proc = subprocess.Popen(
+        [script_path("ivig-qa"), "--verbose", "index", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=quiet_env(**settings_env(settings)),
+    )
+    lines: list[str] = []
+    killed = threading.Event()
+
+    def watch() -> None:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            lines.append(line)
+            if re.search(progress, line):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.set()
+                return
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        assert killed.wait(timeout=240), "".join(lines[-20:])
+    finally:
+        if proc.poll() is None and not killed.is_set():
+            proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "".join(lines[-20:])
+    return "".join(lines)
+
+
 def free_port() -> int:
     """A free TCP port on the loopback interface."""
     with socket.socket() as s:

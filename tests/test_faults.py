@@ -10,13 +10,8 @@ hang — and recovery without a restart.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import shutil
-import signal
 import sqlite3
-import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
@@ -38,8 +33,7 @@ from ivig_qa.testing import (
     SMALL_DOCS,
     BackgroundServer,
     ChromaServer,
-    quiet_env,
-    script_path,
+    kill_index_build_at,
     settings_env,
     small_corpus,
     wait_until,
@@ -76,33 +70,7 @@ def test_kill_9_during_a_build_leaves_the_previous_index_answering(corpus_dir: P
         f.write("\n" + (small.index.corpus_dir / "sources.toml").read_text("utf-8"))
     big = small.updated(**{"corpus_dir": big_dir, "embedding_group_chunks": 16})
 
-    proc = subprocess.Popen(
-        [script_path("ivig-qa"), "--verbose", "index"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=quiet_env(**settings_env(big)),
-    )
-    killed = threading.Event()
-    lines: list[str] = []
-
-    def kill_after_first_group() -> None:
-        for line in proc.stderr:  # type: ignore[union-attr]
-            lines.append(line)
-            if re.search(r"embedded 16/\d+ chunks", line):
-                os.kill(proc.pid, signal.SIGKILL)
-                killed.set()
-                return
-
-    reader = threading.Thread(target=kill_after_first_group, daemon=True)
-    reader.start()
-    try:
-        assert killed.wait(timeout=240), "".join(lines[-20:])
-    finally:
-        if proc.poll() is None and not killed.is_set():
-            proc.kill()
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    kill_index_build_at(big, r"embedded 16/\d+ chunks")
 
     # The killed build left collections behind, but the manifest still names the old version.
     assert collection_versions(small) - {before.version}, "the build was killed before it wrote anything"

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import re
 import signal
 import sqlite3
-import subprocess
 import threading
 import time
 import uuid
@@ -45,8 +42,7 @@ from ivig_qa.testing import (
     AppServer,
     BackgroundServer,
     ChromaServer,
-    quiet_env,
-    script_path,
+    kill_index_build_at,
     settings_env,
     small_corpus,
     wait_until,
@@ -113,37 +109,6 @@ class Asker:
         self._thread.join(timeout=60)
 
 
-def kill_rebuild_after_first_group(settings: Settings) -> str:
-    """Run ``ivig-qa index --rebuild`` and SIGKILL it once the first group is embedded; its stderr."""
-    proc = subprocess.Popen(
-        [script_path("ivig-qa"), "--verbose", "index", "--rebuild"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=quiet_env(**settings_env(settings)),
-    )
-    lines: list[str] = []
-    killed = threading.Event()
-
-    def watch() -> None:
-        for line in proc.stderr:  # type: ignore[union-attr]
-            lines.append(line)
-            if re.search(r"embedded 1/\d+ chunks", line):
-                os.kill(proc.pid, signal.SIGKILL)
-                killed.set()
-                return
-
-    threading.Thread(target=watch, daemon=True).start()
-    try:
-        assert killed.wait(timeout=240), "".join(lines[-20:])
-    finally:
-        if proc.poll() is None and not killed.is_set():
-            proc.kill()
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "".join(lines[-20:])
-    return "".join(lines)
-
-
 # --- 1. an atomic --rebuild -------------------------------------------------------------------------
 def test_kill_9_during_a_local_rebuild_leaves_the_previous_version_answering(
     corpus_dir: Path, tmp_path: Path
@@ -153,7 +118,7 @@ def test_kill_9_during_a_local_rebuild_leaves_the_previous_version_answering(
     before = IndexStore(settings).manifest()
     with BackgroundServer(create_app(settings), settings) as url, Asker(url) as asker:
         wait_until(lambda: asker.ok >= 2, 60, "answers before the rebuild")
-        kill_rebuild_after_first_group(settings)
+        kill_index_build_at(settings, r"embedded 1/\d+ chunks", "--rebuild")
         answered_before_kill = asker.ok
         wait_until(lambda: asker.ok >= answered_before_kill + 3, 60, "answers after the kill")
     assert asker.failures == []
@@ -190,7 +155,7 @@ def test_kill_9_during_a_rebuild_on_a_chroma_server_keeps_every_app_server_answe
         old = store.manifest().version
         with BackgroundServer(create_app(settings), settings) as url, Asker(url) as asker:
             wait_until(lambda: asker.ok >= 2, 60, "answers before the rebuild")
-            kill_rebuild_after_first_group(settings)
+            kill_index_build_at(settings, r"embedded 1/\d+ chunks", "--rebuild")
             assert store.manifest().version == old  # the killed rebuild switched nothing…
             orphans = versions(store) - {old}
             assert orphans  # …though it had written part of a new version
