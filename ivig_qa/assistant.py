@@ -181,8 +181,16 @@ class Assistant:
         found: Composition | None = None
         pieces: Iterator[str | Composition] = iter(())
         if self._shows_quotes(decision, retrieval):
-            limit = 3 if decision.status == Status.URGENT_CARE else None
-            pieces = stage("compose", self.engine.stream_compose, standalone, retrieval, limit=limit)
+            # Urgent care: the instructions and a few quotes at once, no waiting for a summary.
+            urgent = decision.status == Status.URGENT_CARE
+            pieces = stage(
+                "compose",
+                self.engine.stream_compose,
+                standalone,
+                retrieval,
+                limit=3 if urgent else None,
+                quotes_only=urgent,
+            )
         titles = sorted(self.manifest.titles.values())
         # The head goes out before the engine composes anything (the urgent-care instructions
         # first of all); the final Answer's wording follows what the engine actually did.

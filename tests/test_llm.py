@@ -382,6 +382,10 @@ def test_guardrails_stay_in_code_around_the_llm(assistant: Assistant) -> None:
     assert answer.status == Status.URGENT_CARE
     assert items[0].startswith(answer.answer[:40])  # the urgent instructions are streamed first
     assert answer.disclaimer == DISCLAIMER
+    # Nobody waits for a model in an emergency: the quotes only, no summary generated.
+    assert answer.engine == "extractive (llm skipped: quotes only)"
+    assert not any(isinstance(piece, Lead) for piece in items)
+    assert 1 <= len(answer.citations) <= 3
 
 
 def test_missing_extra_is_a_clear_error(assistant: Assistant, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,7 +49,11 @@ class AnswerEngine(Protocol):
     def compose(self, question: str, retrieval: Retrieval, limit: int | None = None) -> Composition: ...
 
     def stream_compose(
-        self, question: str, retrieval: Retrieval, limit: int | None = None
+        self, question: str, retrieval: Retrieval, limit: int | None = None, quotes_only: bool = False
     ) -> Iterator[str | Composition]:
-        """Yield text pieces as they are ready, then the final ``Composition`` last."""
+        """Yield text pieces as they are ready, then the final ``Composition`` last.
+
+        ``quotes_only``: the focused quotes and nothing a model writes (urgent care: the
+        instructions and a few quotes go out at once, nobody waits for a summary).
+        """
         ...

@@ -194,9 +194,9 @@ class ExtractiveEngine:
         return compose_quotes(chosen, self.name, len(self.leads(chosen)))
 
     def stream_compose(
-        self, question: str, retrieval: Retrieval, limit: int | None = None
+        self, question: str, retrieval: Retrieval, limit: int | None = None, quotes_only: bool = False
     ) -> Iterator[str | Composition]:
-        """Quotes are ready at once: their lines, then the composition."""
+        """Quotes are ready at once: their lines, then the composition (always quotes only)."""
         composition = self.compose(question, retrieval, limit)
         yield from composition.text.splitlines(keepends=True)
         yield composition

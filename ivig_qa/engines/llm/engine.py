@@ -265,14 +265,17 @@ class LLMEngine:
         return result
 
     def stream_compose(
-        self, question: str, retrieval: Retrieval, limit: int | None = None
+        self, question: str, retrieval: Retrieval, limit: int | None = None, quotes_only: bool = False
     ) -> Iterator[str | Composition]:
         """Yield the lead (a ``Lead``) at once, then the model's text as it is generated, then
-        the verified ``Composition``."""
+        the verified ``Composition``. ``quotes_only`` (urgent care) skips the model."""
         timings: dict[str, float] = {}
         since = time.perf_counter()
         plan = self.plan(question, retrieval, limit)
         sources = plan.sources
+        if quotes_only:
+            yield self._fallback(plan, limit, "quotes only", timings, skipped=True)
+            return
         if not sources or retrieval.best_similarity < self.settings.policy.min_support_score:
             # The guardrails will say "not in the sources"; no need to run the model.
             yield self._fallback(plan, limit, "no relevant sources", timings, skipped=True)
