@@ -33,7 +33,7 @@ from ivig_qa.policy.language import other_language
 from ivig_qa.policy.normalise import correct_spelling, normalise
 from ivig_qa.policy.red_flags import Catalogue
 from ivig_qa.policy.scope import ScopeChecker
-from ivig_qa.policy.semantic import SemanticLayer
+from ivig_qa.policy.semantic import SemanticLayer, same_text
 from ivig_qa.policy.triage import Rules, Triager, has_injection, strip_injection
 from ivig_qa.retrieval import HybridRetriever, Retrieval, lay_words
 from ivig_qa.settings import Settings
@@ -239,7 +239,11 @@ class Assistant:
         known = {}
         semantic = self.triager.semantic
         query = retrieval.expanded_query.lower()
-        if semantic is not None and standalone == words and semantic.core(query) == query:
+        if (
+            semantic is not None
+            and standalone == words
+            and same_text(semantic.core(query)) == same_text(query)
+        ):
             known[query] = retrieval.query_vector  # the retrieval embedded this very text: reuse it
         return Findings(
             message=triage_text,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ivig_qa.assistant import Assistant
@@ -124,3 +125,15 @@ def test_leave_one_concept_out(layer: SemanticLayer) -> None:
         for r in rows:
             print(f"  {r.concept:22} {r.caught}/{r.n}")
         assert caught / total >= floor
+
+
+def test_a_vector_already_computed_for_the_same_text_is_reused(layer: SemanticLayer) -> None:
+    """The retrieval's vector of the question stands in for a clause that is the same text
+    (case, spacing and end punctuation aside); a different text is embedded afresh."""
+    dim = layer.pos.shape[1]
+    given = np.full(dim, 0.5, dtype=np.float32)
+    known = {"Can IVIG  be given during pregnancy?": given}
+    same, other = layer.embed(["can ivig be given during pregnancy", "can ivig be given at home"], known)
+    assert np.array_equal(same, given)
+    assert not np.allclose(other, given)
+    assert np.isclose(float(np.linalg.norm(other)), 1.0, atol=1e-3)  # a real (unit) embedding

@@ -103,6 +103,12 @@ def unit_rows(rows: list[list[float]]) -> np.ndarray:
     return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
 
 
+def same_text(text: str) -> str:
+    """A text as the encoder reads it, for telling two texts apart: lower case (the model is
+    uncased), spacing collapsed, end punctuation off ("is it normal?" and "is it normal" are one)."""
+    return " ".join(text.lower().split()).rstrip("?!.,;: ")
+
+
 class SemanticLayer:
     """The catalogue's descriptions and counter-examples as vectors, and the scoring.
 
@@ -179,9 +185,10 @@ class SemanticLayer:
         return core if len(core.split()) >= 2 else text.lower()
 
     def embed(self, texts: Sequence[str], known: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """Vectors of the texts' cores in one encoder call, reusing ``known`` (core text → vector)."""
-        known = known or {}
-        cores = [self.core(t) for t in texts]
+        """Vectors of the texts' cores in one encoder call, reusing ``known`` (text → vector) for a
+        core that is the same text (``same_text``: case, spacing and end punctuation aside)."""
+        known = {same_text(k): v for k, v in (known or {}).items()}
+        cores = [same_text(self.core(t)) for t in texts]
         missing = list(dict.fromkeys(c for c in cores if c not in known))
         fresh = dict(zip(missing, unit_rows(self.encode(missing)), strict=True)) if missing else {}
         if not cores:
