@@ -235,7 +235,7 @@ class Assistant:
         self, clean: str, plain: str, words: str, standalone: str, retrieval: Retrieval, language: object
     ) -> Findings:
         """Triage (both layers) and scope of the message, for ``decide``."""
-        triage_text = correct_spelling(plain, self.known_words, self.preferred_words)
+        triage_text = correct_spelling(plain, self.known_words, self.preferred_words, english_fallback=False)
         known = {}
         semantic = self.triager.semantic
         query = retrieval.expanded_query.lower()
@@ -247,13 +247,17 @@ class Assistant:
             known[query] = retrieval.query_vector  # the retrieval embedded this very text: reuse it
         return Findings(
             message=triage_text,
-            triage=self.triager.assess(triage_text, known),
+            triage=self.triager.assess(triage_text, known, self._unreadable),
             coverage=self.scope.coverage(words),
             best_similarity=retrieval.best_similarity,
             injection=has_injection(clean),
             language=language,  # type: ignore[arg-type]
             treatment=self.scope.names_treatment(words),
         )
+
+    def _unreadable(self, clause: str) -> bool:
+        """A word of ``clause`` that neither the sources nor everyday English have."""
+        return bool(self.scope.unknown_subjects(clause, whole=False))
 
     def _shows_quotes(self, decision: Decision, retrieval: Retrieval) -> bool:
         """Quotes back every answer but an out-of-scope one with nothing close enough to show

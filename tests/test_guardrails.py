@@ -146,6 +146,28 @@ def test_urgent_answer_starts_with_what_to_do_now(assistant: Assistant) -> None:
     assert answer.disclaimer == DISCLAIMER
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "his bobo is getting worse since the drip",  # "bobo" is not "bob"
+        "the owie on her arm is spreading",  # "owie" is not "owe"
+    ],
+)
+def test_a_word_nobody_can_read_does_not_hide_a_severe_symptom(assistant: Assistant, message: str) -> None:
+    """Triage corrects spelling only towards the sources' and the catalogue's words, and a word
+    neither they nor English have, in a clause getting worse or spreading now, counts as a symptom."""
+    answer = assistant.ask(message)
+    assert answer.status == Status.URGENT_CARE, answer.reasons
+    assert any(r.id == "urgent.severe_now" for r in answer.reasons)
+
+
+@pytest.mark.parametrize(
+    "message", ["can ivig make zits get worse", "my pokemon cards are getting wet, is ivig safe in the rain"]
+)
+def test_an_unreadable_word_in_a_general_question_is_not_urgent(assistant: Assistant, message: str) -> None:
+    assert assistant.ask(message).status != Status.URGENT_CARE
+
+
 def test_personal_answer_shares_sources_and_names_who_decides(assistant: Assistant) -> None:
     answer = assistant.ask("i weigh 70 kg how many grams of ivig should i get")
     assert answer.status == Status.PERSONAL_ADVICE

@@ -15,7 +15,7 @@ Rules live in ``data/triage.toml`` and ``data/red_flags.toml`` so clinicians can
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 
@@ -155,9 +155,17 @@ class Triager:
                         covers.append([i])
         return texts[:MAX_CLAUSES], covers[:MAX_CLAUSES]
 
-    def assess(self, text: str, known: Mapping[str, np.ndarray] | None = None) -> Triage:
+    def assess(
+        self,
+        text: str,
+        known: Mapping[str, np.ndarray] | None = None,
+        unreadable: Callable[[str], bool] | None = None,
+    ) -> Triage:
         """Triage of ``text`` (normalised; spelling corrected). ``known``: vectors already computed
-        (core text → vector), reused instead of embedding again."""
+        (core text → vector), reused instead of embedding again. ``unreadable(clause)``: the
+        clause has a word neither the sources nor English have (a typo, slang, another language);
+        with a severity modifier told as now, such a clause is taken to name a symptom: urgency
+        is not missed because a word could not be read ("no pipi since yesterday")."""
         folded = fold(text)
         reader = Reader(folded, self.catalogue, self.severity)
         signs: dict[str, _Sign] = {}
@@ -203,7 +211,13 @@ class Triager:
                     detail=f"closest: “{hit.example}” (counter {hit.counter:.2f}) for “{hit.clause}”",
                 )
                 signs[hit.concept.id] = _Sign(reason, carriers, similarity=hit.similarity)
-        severe = reader.severe_now(lambda unit: bool(symptom_clauses & set(unit)))
+
+        def symptomatic(unit: list[int]) -> bool:
+            if symptom_clauses & set(unit):
+                return True
+            return unreadable is not None and any(unreadable(reader.clauses[i].text) for i in unit)
+
+        severe = reader.severe_now(symptomatic)
         return self._decide(reader, signs, severe)
 
     def _decide(self, reader: Reader, signs: dict[str, _Sign], severe: list[Reason]) -> Triage:
