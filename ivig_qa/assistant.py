@@ -180,7 +180,8 @@ class Assistant:
         t = timer.lap("policy", t)
         found: Composition | None = None
         pieces: Iterator[str | Composition] = iter(())
-        if self._shows_quotes(decision, retrieval):
+        quoted = self._shows_quotes(decision, retrieval)
+        if quoted:
             # Urgent care: the instructions and a few quotes at once, no waiting for a summary.
             urgent = decision.status == Status.URGENT_CARE
             pieces = stage(
@@ -194,7 +195,7 @@ class Assistant:
         titles = sorted(self.manifest.titles.values())
         # The head goes out before the engine composes anything (the urgent-care instructions
         # first of all); the final Answer's wording follows what the engine actually did.
-        shape = frame(decision, words, titles, generated=self.engine.generates)
+        shape = frame(decision, words, titles, generated=self.engine.generates, quoted=quoted)
         yield shape.head
         started_body = led = False
         for piece in pieces:
@@ -210,7 +211,7 @@ class Assistant:
         t = timer.lap("compose", t)
         if found:
             timer.marks.update(found.timings)
-        shape = frame(decision, words, titles, generated=bool(found and found.generated))
+        shape = frame(decision, words, titles, generated=bool(found and found.generated), quoted=quoted)
         if shape.tail and not led:  # after a Lead, streamed text goes above it: the Answer has the tail
             yield shape.tail
         timer.lap("guard", t)
@@ -260,9 +261,11 @@ class Assistant:
         return bool(self.scope.unknown_subjects(clause, whole=False))
 
     def _shows_quotes(self, decision: Decision, retrieval: Retrieval) -> bool:
-        """Quotes back every answer but an out-of-scope one with nothing close enough to show
-        (and a reply to a message in another language, which retrieval cannot read)."""
-        if decision.status != Status.NOT_IN_SOURCES:
+        """Quotes back every answer but an out-of-scope one, or a symptom the sources are not
+        close to, with nothing close enough to show (and a reply to a message in another
+        language, which retrieval cannot read)."""
+        distant = decision.symptom == "mild" and retrieval.best_similarity < self.thresholds.min_support_score
+        if decision.status != Status.NOT_IN_SOURCES and not distant:
             return True
         if decision.language:
             return False

@@ -168,6 +168,34 @@ def test_an_unreadable_word_in_a_general_question_is_not_urgent(assistant: Assis
     assert assistant.ask(message).status != Status.URGENT_CARE
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "my toenails have gone a funny colour since starting ivig",
+        "I've had hiccups on and off since my infusion this morning",
+        "there's a weird metallic taste in my mouth after the drip",
+    ],
+)
+def test_a_symptom_no_concept_names_still_hears_tell_your_care_team(
+    assistant: Assistant, message: str
+) -> None:
+    """Something in the body now, which the catalogue does not name: never "not covered"."""
+    answer = assistant.ask(message)
+    assert answer.status == Status.ANSWERED, answer.reasons
+    assert any(r.id == "symptom.described" for r in answer.reasons)
+    assert "Tell your care team" in answer.answer
+    assert "don't cover this" not in answer.answer
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["can ivig change the colour of your toenails", "what is ivig made from", "does ivig cause hiccups"],
+)
+def test_a_general_question_is_not_a_described_symptom(assistant: Assistant, message: str) -> None:
+    answer = assistant.ask(message)
+    assert not any(r.id == "symptom.described" for r in answer.reasons), answer.reasons
+
+
 def test_personal_answer_shares_sources_and_names_who_decides(assistant: Assistant) -> None:
     answer = assistant.ask("i weigh 70 kg how many grams of ivig should i get")
     assert answer.status == Status.PERSONAL_ADVICE

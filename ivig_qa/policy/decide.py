@@ -74,11 +74,18 @@ def decide(f: Findings, thresholds: Thresholds) -> Decision:
     if is_personal(f.message) and (not unknown or (close and f.treatment)):
         reasons = (Reason(id="personal.decision", layer="pattern"), *seen, closeness, *noted)
         return Decision(Status.PERSONAL_ADVICE, reasons, unknown, f.injection)
-    if f.triage.is_mild:
-        return Decision(
-            Status.ANSWERED, (*f.triage.reasons, closeness, *noted), injection=f.injection, symptom="mild"
-        )
     unknown_reason = Reason(id="scope.unknown_terms", layer="scope", detail=", ".join(unknown))
+    if f.triage.is_mild:
+        # Never "not covered" for a symptom someone has: "tell your care team", what the sources
+        # say about it when they are close, and the words they never mention named.
+        scope = (unknown_reason,) if unknown else ()
+        return Decision(
+            Status.ANSWERED,
+            (*f.triage.reasons, *scope, closeness, *noted),
+            injection=f.injection,
+            uncovered=unknown or f.coverage.uncovered,
+            symptom="mild",
+        )
     # A symptom told as past or gone ("a clot two years ago, it's gone: does it matter?") asks
     # about the writer's own story: answered with "tell your care team" when its words are
     # covered, even if no single sentence is close to the whole story.

@@ -178,6 +178,7 @@ class Triager:
             )
             signs[hit.concept.id] = _Sign(reason, set(covering(reader.clauses, hit.start, hit.end)), False)
         symptom_clauses = {i for h in hits for i in covering(reader.clauses, h.start, h.end)}
+        described: dict[int, float] = {}  # clause → its closest description's similarity
         if self.semantic is not None and reader.clauses:
             parts, covers = self._parts(reader)
             vectors = self.semantic.embed(parts, dict(known or {}))
@@ -187,6 +188,10 @@ class Triager:
                 for cover, sim in zip(covers, any_sim, strict=True)
                 if len(cover) == 1 and sim >= self.severity.min_similarity
             }
+            floor = float(self.catalogue.semantic["described_min_similarity"])
+            for cover, sim in zip(covers, any_sim, strict=True):
+                if len(cover) == 1 and sim >= floor:
+                    described[cover[0]] = max(described.get(cover[0], -1.0), float(sim))
             concepts = {c.id: k for k, c in enumerate(self.semantic.catalogue.concepts)}
             for row, hit in sorted(self.semantic.firing(parts, vectors), key=lambda rh: -rh[1].similarity):
                 k = concepts[hit.concept.id]
@@ -218,10 +223,13 @@ class Triager:
             return unreadable is not None and any(unreadable(reader.clauses[i].text) for i in unit)
 
         severe = reader.severe_now(symptomatic)
-        return self._decide(reader, signs, severe)
+        return self._decide(reader, signs, severe, described)
 
-    def _decide(self, reader: Reader, signs: dict[str, _Sign], severe: list[Reason]) -> Triage:
-        """Urgent when a red flag or a severe symptom is carried by a clause that reads as now."""
+    def _decide(
+        self, reader: Reader, signs: dict[str, _Sign], severe: list[Reason], described: dict[int, float]
+    ) -> Triage:
+        """Urgent when a red flag or a severe symptom is carried by a clause that reads as now;
+        mild for a mild concept now, or a clause describing the body now (``described``)."""
         red: list[tuple[_Sign, tuple[str, Reason]]] = []
         mild: list[tuple[_Sign, tuple[str, Reason]]] = []
         reassured: list[Reason] = []
@@ -288,6 +296,18 @@ class Triager:
             worded.append(Reason(id="triage.reassured", layer="pattern"))
         if worded and not mild_now:
             mild_now = [Reason(id="symptom.mild_worded", layer="pattern", detail=worded[0].detail)]
+        if not mild_now and not signs:
+            now = [(sim, i) for i, sim in described.items() if reader.clause(i)[0] not in SET_ASIDE]
+            if now:
+                sim, i = max(now)
+                mild_now = [
+                    Reason(
+                        id="symptom.described",
+                        layer="semantic",
+                        score=round(sim, 4),
+                        detail=reader.clauses[i].text,
+                    )
+                ]
         if conditions:
             aside += [*conditions, Reason(id="triage.condition", layer="pattern")]
         aside_reads = [read for s, read in red if read[0] in SET_ASIDE]

@@ -71,7 +71,7 @@ def _language_reply(code: str) -> str:
     return replies.get(code) or replies["und"]
 
 
-def _answered_head(decision: Decision, generated: bool) -> str:
+def _answered_head(decision: Decision, generated: bool, quoted: bool = True) -> str:
     """The lines before an answered body: notes (injection, language, symptom, uncovered part) first."""
     r = responses()
     lines: list[str] = []
@@ -85,12 +85,16 @@ def _answered_head(decision: Decision, generated: bool) -> str:
     if decision.uncovered:
         # The terms are letters and digits only (see text.WORD), so echoing them is safe.
         lines.append(r["uncovered"].format(parts=", ".join(f"“{t}”" for t in decision.uncovered)))
-    lines.append(r["answered_generated" if generated else "answered"])
+    if quoted:
+        lines.append(r["answered_generated" if generated else "answered"])
     return "\n\n".join(lines)
 
 
-def frame(decision: Decision, message: str, titles: list[str], generated: bool = False) -> Frame:
-    """The wording for ``decision``'s status (``message`` picks the care-team questions)."""
+def frame(
+    decision: Decision, message: str, titles: list[str], generated: bool = False, quoted: bool = True
+) -> Frame:
+    """The wording for ``decision``'s status (``message`` picks the care-team questions);
+    ``quoted``: the answer shows quotes (a symptom the sources are not close to shows none)."""
     r = responses()
     if decision.status == Status.URGENT_CARE:
         return Frame(r["urgent"], f"\n\n{r['urgent_sources']}\n")
@@ -110,4 +114,4 @@ def frame(decision: Decision, message: str, titles: list[str], generated: bool =
         covered = r["can_help"] + "\n" + "\n".join(f"- {t}" for t in titles)
         return Frame(head, f"\n\n{r['closest']}\n", f"\n\n{covered}")
     tail = f"\n\n{r['symptom_past']}" if decision.symptom == "past" else ""
-    return Frame(_answered_head(decision, generated), tail=tail)
+    return Frame(_answered_head(decision, generated, quoted), tail=tail)
