@@ -23,7 +23,14 @@ from ivig_qa.engines.llm.backends import LLMUnavailableError, LoadedModel
 from ivig_qa.engines.llm.engine import QUOTES_LABEL, LLMEngine
 from ivig_qa.engines.llm.parse import split_generated
 from ivig_qa.engines.llm.prompts import prompt_text
-from ivig_qa.engines.llm.verify import LLMSupportChecker, SupportJudge, entities, lexical_problem, numbers
+from ivig_qa.engines.llm.verify import (
+    LLMSupportChecker,
+    SupportJudge,
+    entities,
+    lexical_problem,
+    numbers,
+    word_share,
+)
 from ivig_qa.evaluation.checks import SUPPORT_CHECKERS, make_checker, split_statements
 from ivig_qa.policy.wording import DISCLAIMER
 from ivig_qa.settings import Settings
@@ -102,13 +109,38 @@ def test_numbers_and_entities() -> None:
         ("Infusions are given once or twice a week.", "unit"),
         ("Infusions are given once or twice a month with Benadryl.", "name"),
         ("Infusions are not given once or twice a month.", "negates"),
-        ("Patients feel sleepy and hungry after vaccines.", "words"),
+        ("Patients feel sleepy and hungry after vaccines.", "term"),
     ],
 )
 def test_lexical_problems(statement: str, problem: str | None) -> None:
     passage = "IVIG infusions are usually given once or twice a month, depending on the patient."
     found = lexical_problem(statement, passage, 0.5)
     assert (found is None) if problem is None else (problem in (found or "")), found
+
+
+@pytest.mark.parametrize(
+    ("statement", "code"),
+    [
+        # Plain words around the quote's terms: fewer than half its words, but what they say is
+        # the quote's; the judge reads it.
+        ("When your own body works far too hard against you, IVIG can really help by decreasing that overactivity.", None),
+        ("IVIG can help decrease immune-system overactivity.", None),
+        # A term of its own ("lowers" the "defences") the quote never says: dropped, no judge.
+        ("It lowers the overactive defences of people.", "term"),
+        ("Renal and hepatic trouble can be eased when IVIG decreases overactivity.", "term"),
+        ("Patients feel sleepy and hungry after vaccines.", "term"),
+    ],
+)  # fmt: skip
+def test_paraphrases_keep_the_quotes_terms(statement: str, code: str | None) -> None:
+    found = lexical_problem(statement, "IVIG can decrease immune system overactivity.", 0.5)
+    assert (found is None) if code is None else (found is not None and found.code == code), found
+
+
+def test_words_are_compared_by_stem_and_weighed_by_what_they_say() -> None:
+    assert word_share("Headaches are uncommon.", "Severe headache = uncommon.") == 1.0
+    plain = "Many people often also have post-polio pain."
+    assert word_share(plain, "pain in post-polio syndrome") <= 0.5
+    assert word_share(plain, "pain in post-polio syndrome", weighted=True) > 0.6
 
 
 # -- the engine with fake chat models -------------------------------------------------------------

@@ -2,16 +2,24 @@
 then the model's own yes/no (``SupportJudge``); ``LLMSupportChecker`` is that check for the eval.
 
 Every refusal is a ``Problem``: the reason in words and a short ``code`` (``number``, ``unit``,
-``name``, ``overlap``, ``negation``, ``judge``, ``budget``…) that the engine reports per dropped
-sentence and the eval counts. When the words alone decide (a verbatim quote, or nearly every
+``name``, ``term``, ``overlap``, ``negation``, ``judge``, ``budget``…) that the engine reports per
+dropped sentence and the eval counts. When the words alone decide (a verbatim quote, or nearly every
 word, number and name in the quote and no added negation), the model is not asked.
+
+Words are compared by Snowball stem ("headaches" = "headache"). A plain-language summary
+paraphrases: a sentence with under half the quote's words still reaches the judge when every
+rare word in it (a term: "renal", "anaphylaxis") is the quote's and the words weighted by how
+much each says (English frequency) reach the bar; the judge is skipped only on the plain count.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 
 from ivig_qa.engines.llm.backends import (
     LLMUnavailableError,
@@ -22,7 +30,7 @@ from ivig_qa.engines.llm.backends import (
 )
 from ivig_qa.engines.llm.prompts import judge_messages
 from ivig_qa.settings import Settings
-from ivig_qa.text import collapse_space, tokenize
+from ivig_qa.text import STOPWORDS, WORD, collapse_space
 
 _NUMBER_WORDS = {
     "one": "1",
@@ -122,7 +130,8 @@ PROBLEM_CODES = {
     "number": "a number the quote does not have",
     "unit": "a time unit the quote does not have",
     "name": "a name the quote does not have",
-    "overlap": "too few of its words are in the quote",
+    "term": "a rare word (a term) the quote does not have",
+    "overlap": "too few of its words are in the quote (weighted by how much each word says)",
     "negation": "negates what the quote does not",
     "judge": "the model judge said no",
     "budget": "no judge calls or time left",
@@ -136,10 +145,76 @@ PROBLEM_CODES = {
 DECISIVE_OVERLAP = 0.85
 
 
-def word_share(statement: str, passage: str) -> float:
-    """The share of the statement's content words that the passage has (1.0 for none)."""
-    terms = set(tokenize(statement))
-    return len(terms & set(tokenize(passage))) / len(terms) if terms else 1.0
+# A word rarer than this in English (pyspellchecker's counts) is a term: a claim of its own
+# ("renal", "infantile", "anaphylaxis") that the quote must have; plain words may paraphrase.
+RARE_WORD_COUNT = 5000
+# The treatment's own names and words ("immunoglobulin", "infusion", IVIG spelled out) are free:
+# a summary may name what the quote is about.
+_FREE_TERMS = frozenset({"intravenous", "intravenously"})
+
+
+@cache
+def _stemmer():  # snowballstemmer has no types
+    import snowballstemmer
+
+    return snowballstemmer.stemmer("english")
+
+
+@cache
+def _free_terms() -> frozenset[str]:
+    from ivig_qa.policy.triage import Rules
+
+    rules = Rules.load()
+    return frozenset(_stemmer().stemWords(sorted(rules.ivig_names | rules.treatment_words | _FREE_TERMS)))
+
+
+def _word_counts() -> Mapping[str, int]:
+    from ivig_qa.policy.normalise import english
+
+    return english().word_frequency
+
+
+def information(word: str) -> float:
+    """How much a word says, from its English frequency: 1.0 for a rare word, about
+    0.25 for "people" or "may" (so paraphrased plain words weigh little, terms much)."""
+    return 1.0 / (1.0 + math.log10(1.0 + _word_counts()[word] / 1000))
+
+
+def content_terms(text: str) -> dict[str, str]:
+    """Content words (no stop words) by Snowball stem, so "headaches" meets "headache" and
+    "decreasing" meets "decrease": stem → the word as written."""
+    written = WORD.findall(text.lower().replace("’", "'"))
+    parts = [part for w in written for part in w.removesuffix("'s").split("-") if part]  # post-polio
+    words = [w for w in parts if w not in STOPWORDS and w.replace("'", "") not in STOPWORDS]
+    return dict(zip(_stemmer().stemWords(words), words, strict=True))
+
+
+def word_share(statement: str, passage: str, weighted: bool = False) -> float:
+    """The share of the statement's content words that the passage has (1.0 for none).
+
+    ``weighted``: each word counts by its ``information`` (the treatment's names as found), so
+    a paraphrase in plain words keeps the share of the terms it got right. That share decides
+    only whether a sentence is worth the judge's time; skipping the judge (``DECISIVE_OVERLAP``)
+    takes every word counted alike, so a changed plain word ("always" for "rarely") is still
+    read by the judge.
+    """
+    terms = content_terms(statement)
+    if not terms:
+        return 1.0
+    found = content_terms(passage).keys() | (_free_terms() if weighted else frozenset())
+    weight = {stem: information(word) if weighted else 1.0 for stem, word in terms.items()}
+    return sum(w for stem, w in weight.items() if stem in found) / sum(weight.values())
+
+
+def missing_terms(statement: str, passage: str) -> list[str]:
+    """The statement's rare words (terms) that the passage lacks (the treatment's names aside)."""
+    found = content_terms(passage).keys() | _free_terms()
+    counts = _word_counts()
+    return [
+        word
+        for stem, word in content_terms(statement).items()
+        if stem not in found and counts[word] < RARE_WORD_COUNT
+    ]
 
 
 def lexical_problem(statement: str, passage: str, min_overlap: float) -> Problem | None:
@@ -156,7 +231,13 @@ def lexical_problem(statement: str, passage: str, min_overlap: float) -> Problem
         return Problem(f"name(s) not in the source: {', '.join(missing)}", "name")
     share = word_share(statement, passage)
     if share < min_overlap:
-        return Problem(f"only {share:.0%} of its words are in the source", "overlap")
+        # A paraphrase in plain words may still go to the judge, when every term is the quote's
+        # and the words weighted by what they say reach the bar.
+        terms = missing_terms(statement, passage)
+        if terms:
+            return Problem(f"term(s) not in the source: {', '.join(terms)}", "term")
+        if word_share(statement, passage, weighted=True) < min_overlap:
+            return Problem(f"only {share:.0%} of its words are in the source", "overlap")
     if _NEGATION.search(statement) and not _NEGATION.search(passage):
         return Problem("negates what the source does not", "negation")
     return None
