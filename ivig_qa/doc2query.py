@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ivig_qa.settings import Settings
-from ivig_qa.text import collapse_space, tokenize
+from ivig_qa.text import collapse_space
 from ivig_qa.types import Sentence
 
 PROMPT_VERSION = "d2q-2"
@@ -123,20 +123,14 @@ def question_records(sentences: Iterable[Sentence]) -> tuple[list[str], list[str
     return ids, texts, metas
 
 
-def by_sentence(records: Mapping) -> tuple[dict[str, np.ndarray], dict[str, frozenset[str]]]:
-    """Stored question records (``embeddings``, ``documents``, ``metadatas``) by sentence id: the
-    questions' vectors (one row each) and the words they use together."""
+def vectors_by_sentence(records: Mapping) -> dict[str, np.ndarray]:
+    """Stored question records (``embeddings``, ``metadatas``) as sentence id → one row per question."""
     rows: dict[str, list] = {}
-    words: dict[str, set[str]] = {}
     embeddings = records.get("embeddings")
-    texts = records.get("documents") or []
     metas = records.get("metadatas") or []
-    for vector, text, meta in zip([] if embeddings is None else embeddings, texts, metas, strict=True):
-        sid = str(meta["sentence_id"])
-        rows.setdefault(sid, []).append(vector)
-        words.setdefault(sid, set()).update(tokenize(text))
-    vectors = {sid: np.asarray(v, dtype=np.float32) for sid, v in rows.items()}
-    return vectors, {sid: frozenset(w) for sid, w in words.items()}
+    for vector, meta in zip([] if embeddings is None else embeddings, metas, strict=True):
+        rows.setdefault(str(meta["sentence_id"]), []).append(vector)
+    return {sid: np.asarray(v, dtype=np.float32) for sid, v in rows.items()}
 
 
 def corpus_sentences(settings: Settings) -> list[tuple[str, str]]:
@@ -144,6 +138,7 @@ def corpus_sentences(settings: Settings) -> list[tuple[str, str]]:
     from ivig_qa.chunking import ChunkerSettings, chunk_corpus
     from ivig_qa.corpus import load_corpus
     from ivig_qa.retrieval import MIN_CONTENT_TERMS
+    from ivig_qa.text import tokenize
 
     docs = load_corpus(Path(settings.index.corpus_dir)).documents
     chunker = ChunkerSettings(settings.index.chunk_max_chars, settings.index.chunk_overlap_sentences)

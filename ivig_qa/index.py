@@ -194,7 +194,7 @@ class IndexStore:
         )
         self._client: ClientAPI | None = None
         self._stores: dict[tuple[str, str], Chroma] = {}
-        self._questions: dict[str, tuple[dict[str, np.ndarray], dict[str, frozenset[str]]]] = {}
+        self._questions: dict[str, dict[str, np.ndarray]] = {}
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -319,22 +319,15 @@ class IndexStore:
         return sorted(chunks, key=lambda c: (c.doc_id, c.start))
 
     def question_vectors(self, version: str) -> dict[str, np.ndarray]:
-        """Each sentence's doc2query question vectors (one row each); ``{}`` for a version built
-        before questions were indexed."""
-        return self._read_questions(version)[0]
-
-    def question_terms(self, version: str) -> dict[str, frozenset[str]]:
-        """The words of each sentence's doc2query questions."""
-        return self._read_questions(version)[1]
-
-    def _read_questions(self, version: str) -> tuple[dict[str, np.ndarray], dict[str, frozenset[str]]]:
-        if version not in self._questions:  # read once per version
+        """Each sentence's doc2query question vectors (one row each), read once per version;
+        ``{}`` for a version built before questions were indexed."""
+        if version not in self._questions:
             try:
                 col = self.client.get_collection(self._name("questions", version))
-                got = col.get(include=["embeddings", "documents", "metadatas"])
+                got = col.get(include=["embeddings", "metadatas"])
             except chromadb.errors.NotFoundError:
                 got = {}
-            self._questions[version] = doc2query.by_sentence(got)
+            self._questions[version] = doc2query.vectors_by_sentence(got)
         return self._questions[version]
 
     # -- building -------------------------------------------------------------------------

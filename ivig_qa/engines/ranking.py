@@ -141,7 +141,6 @@ FEATURES: tuple[str, ...] = (
     "d2q",  # best cosine of the question and the sentence's doc2query questions (else: dense)
     "d2q_gap",  # d2q minus the best d2q of this question's candidates
     "d2q_rank",  # 1 / (1 + rank by d2q)
-    "d2q_lexical",  # share of the message's own words its doc2query questions have (else: lexical)
 )
 
 
@@ -162,13 +161,11 @@ def sentence_features(
     items: list[tuple[Sentence, ScoredPassage, float]],
     idf: Mapping[str, float],
     d2q: np.ndarray | None = None,
-    d2q_terms: list[frozenset[str] | None] | None = None,
 ) -> np.ndarray:
     """The feature matrix (rows: ``items`` as (sentence, passage, dense similarity)).
 
     ``d2q`` is each sentence's best similarity to its doc2query questions; without it (or where
-    a sentence has none, as the caller marks) the sentence's own dense similarity stands in;
-    ``d2q_terms`` the words of its questions (None: its own lexical coverage stands in).
+    a sentence has none, as the caller marks) the sentence's own dense similarity stands in.
     """
     own_text, context_text = split_follow_up(query)
     own = set(tokenize(own_text))
@@ -204,8 +201,6 @@ def sentence_features(
             "length": math.log1p(len(terms)),
             "leans_back": float(bool(LEANS_BACK.match(sentence.text))),
         }
-        asked = d2q_terms[row] if d2q_terms is not None else None
-        values["d2q_lexical"] = coverage(asked, own) if asked is not None else values["lexical"]
         for name, value in values.items():
             x[row, col[name]] = value
     x[:, col["d2q"]] = x[:, col["dense"]] if d2q is None else d2q
