@@ -134,11 +134,10 @@ def vectors_by_sentence(records: Mapping) -> dict[str, np.ndarray]:
 
 
 def corpus_sentences(settings: Settings) -> list[tuple[str, str]]:
-    """(title, text) of every quotable sentence of the corpus, each once, in corpus order."""
+    """(title, text) of every sentence of the corpus's chunks (the quotable ones are among them),
+    each once, in corpus order."""
     from ivig_qa.chunking import ChunkerSettings, chunk_corpus
     from ivig_qa.corpus import load_corpus
-    from ivig_qa.retrieval import MIN_CONTENT_TERMS
-    from ivig_qa.text import tokenize
 
     docs = load_corpus(Path(settings.index.corpus_dir)).documents
     chunker = ChunkerSettings(settings.index.chunk_max_chars, settings.index.chunk_overlap_sentences)
@@ -146,7 +145,7 @@ def corpus_sentences(settings: Settings) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for chunk in chunk_corpus(docs, chunker):
         for s in chunk.sentences:
-            if s.sentence_id not in seen and len(set(tokenize(s.text))) >= MIN_CONTENT_TERMS:
+            if s.sentence_id not in seen:
                 seen.add(s.sentence_id)
                 out.append((chunk.title, s.text))
     return out
