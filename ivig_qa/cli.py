@@ -268,6 +268,19 @@ def eval_command(
         raise typer.Exit(1)
 
 
+@app.command("doc2query")
+def doc2query_command(
+    out: Annotated[Path | None, typer.Option("--out", help="Cache file (default: the packaged one).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Generate the doc2query questions missing from the cache for the corpus (needs the `llm` extra)."""
+    from ivig_qa import doc2query
+
+    code = doc2query.run(load_settings(config), out)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command()
 def models(
     join: Annotated[

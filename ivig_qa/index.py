@@ -5,6 +5,8 @@ Layout inside one Chroma database (a local folder or a Chroma server):
 * ``<prefix>_chunks_<version>``    — chunks, embedded with title + heading for context;
 * ``<prefix>_sentences_<version>`` — single sentences (a finer granularity for retrieval and
   the vectors the extractive engine scores);
+* ``<prefix>_questions_<version>`` — the doc2query questions of each sentence (``doc2query``),
+  embedded, with their sentence's id; a sentence without cached questions has none;
 * ``<prefix>_meta``                — one record whose document is the active manifest.
 
 A build writes a *new* version next to the active one (copying the vectors of unchanged
@@ -42,6 +44,7 @@ from urllib.parse import urlparse
 import chromadb
 import chromadb.errors
 import httpx
+import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.shared_system_client import SharedSystemClient
@@ -49,11 +52,19 @@ from chromadb.config import Settings as ChromaSettings
 from langchain_chroma import Chroma
 from langchain_core.embeddings import Embeddings
 
+from ivig_qa import doc2query
 from ivig_qa.chunking import ChunkerSettings, chunk_document
 from ivig_qa.corpus import load_corpus
 from ivig_qa.embeddings import StoreEmbeddings, TunedEmbeddings, model_fingerprint
+from ivig_qa.records import (  # noqa: F401 (embedding_texts: the bench imports it from here)
+    _new_sentences,
+    _sentence_text,
+    chunk_from_record,
+    chunk_metadata,
+    embedding_texts,
+)
 from ivig_qa.settings import Settings
-from ivig_qa.types import Chunk, Sentence, SourceDocument
+from ivig_qa.types import Chunk, SourceDocument
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +79,8 @@ class IndexUnavailableError(RuntimeError):
 
 @dataclass
 class Manifest:
-    """What an index version was built from; any difference in the first four makes it stale.
+    """What an index version was built from; any difference in the first four (or in the
+    doc2query cache it embedded) makes it stale.
 
     ``documents`` maps each doc_id to the SHA-256 of its file's bytes. ``problems`` and
     ``warnings`` are what the build reported about the corpus (files not indexed and why),
@@ -83,6 +95,7 @@ class Manifest:
     chunks: int = 0
     sentences: int = 0
     built_at: float = 0.0
+    doc2query: str = ""
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -167,48 +180,6 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, UNAVAILABLE_ERRORS)
 
 
-def _sentence_text(sentence: Sentence, chunk: Chunk) -> str:
-    heading = f"{chunk.heading}: " if chunk.heading else ""
-    return f"{heading}{sentence.text}"
-
-
-def chunk_metadata(chunk: Chunk, doc: SourceDocument) -> dict[str, Any]:
-    meta = {
-        "doc_id": chunk.doc_id,
-        "title": chunk.title,
-        "heading": chunk.heading,
-        "start": chunk.start,
-        "end": chunk.end,
-        "text": chunk.text,
-        "sentences": json.dumps(
-            [[s.start, s.end] if s.page is None else [s.start, s.end, s.page] for s in chunk.sentences]
-        ),
-    }
-    for key in ("publisher", "url", "kind"):
-        if doc.metadata.get(key):
-            meta[key] = str(doc.metadata[key])
-    return meta
-
-
-def chunk_from_record(chunk_id: str, meta: dict[str, Any]) -> Chunk:
-    """Rebuild a ``Chunk`` from what Chroma stores (no corpus files needed at answer time)."""
-    start, text = int(meta["start"]), str(meta["text"])
-    sentences = [
-        Sentence(str(meta["doc_id"]), a, b, text[a - start : b - start], page[0] if page else None)
-        for a, b, *page in json.loads(str(meta["sentences"]))
-    ]
-    return Chunk(
-        chunk_id=chunk_id,
-        doc_id=str(meta["doc_id"]),
-        title=str(meta["title"]),
-        heading=str(meta.get("heading") or ""),
-        start=start,
-        end=int(meta["end"]),
-        text=text,
-        sentences=sentences,
-    )
-
-
 class IndexStore:
     """Builds, versions and opens the index. One instance per settings object."""
 
@@ -223,6 +194,7 @@ class IndexStore:
         )
         self._client: ClientAPI | None = None
         self._stores: dict[tuple[str, str], Chroma] = {}
+        self._questions: dict[str, dict[str, np.ndarray]] = {}
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -253,7 +225,7 @@ class IndexStore:
         prefix = re.escape(self.settings.index.collection_prefix)
         if name == self._name("meta"):
             return ""
-        m = re.fullmatch(rf"{prefix}_(?:chunks|sentences)_({_VERSION})", name)
+        m = re.fullmatch(rf"{prefix}_(?:chunks|sentences|questions)_({_VERSION})", name)
         return m.group(1) if m else None
 
     def vectorstore(self, kind: str, version: str) -> Chroma:
@@ -291,6 +263,7 @@ class IndexStore:
             chunker=self.chunker_settings().fingerprint(),
             documents={d.doc_id: d.content_hash for d in docs},
             titles={d.doc_id: d.title for d in docs},
+            doc2query=doc2query.cache_digest(),
         )
 
     def chunker_settings(self) -> ChunkerSettings:
@@ -322,6 +295,8 @@ class IndexStore:
             return "embedding model changed"
         if current.chunker != want.chunker:
             return "chunker settings changed"
+        if current.doc2query != want.doc2query:
+            return "doc2query questions changed"
         if current.documents != want.documents:
             changed = sorted(set(current.documents.items()) ^ set(want.documents.items()))
             return f"documents changed: {', '.join(sorted({k for k, _ in changed}))}"
@@ -342,6 +317,18 @@ class IndexStore:
                 "run `ivig-qa index --rebuild`"
             ) from exc
         return sorted(chunks, key=lambda c: (c.doc_id, c.start))
+
+    def question_vectors(self, version: str) -> dict[str, np.ndarray]:
+        """Each sentence's doc2query question vectors (one row each), read once per version;
+        ``{}`` for a version built before questions were indexed."""
+        if version not in self._questions:
+            try:
+                col = self.client.get_collection(self._name("questions", version))
+                got = col.get(include=["embeddings", "metadatas"])
+            except chromadb.errors.NotFoundError:
+                got = {}
+            self._questions[version] = doc2query.vectors_by_sentence(got)
+        return self._questions[version]
 
     # -- building -------------------------------------------------------------------------
     def build(self, rebuild: bool = False, progress: Progress | None = None) -> BuildSummary:
@@ -375,6 +362,7 @@ class IndexStore:
             and current is not None
             and current.embedding_model == want.embedding_model
             and current.chunker == want.chunker
+            and current.doc2query == want.doc2query
         )
         reuse = (
             [d for d, h in want.documents.items() if current.documents.get(d) == h]
@@ -398,6 +386,7 @@ class IndexStore:
         self._drop_orphans(keep=current.version if current else None)
         chunks_col = self._collection(self._name("chunks", version))
         sent_col = self._collection(self._name("sentences", version))
+        self._collection(self._name("questions", version))
         if reuse and current:
             self._copy_documents(current.version, version, reuse)
         new_chunks = [c for d in embed for c in chunk_document(docs[d], self.chunker_settings())]
@@ -442,14 +431,19 @@ class IndexStore:
         """
         chunk_col = self._collection(self._name("chunks", version))
         sent_col = self._collection(self._name("sentences", version))
+        q_col = self._collection(self._name("questions", version))
         seen: set[str] = set()
         total = len(chunks)
         group = self.settings.index.embedding_group_chunks
         for i in range(0, total, group):
             part = chunks[i : i + group]
             sentences = _new_sentences(part, seen)
+            q_ids, q_texts, q_metas = doc2query.question_records(s for s, _ in sentences)
             texts = [c.context_text() for c in part] + [_sentence_text(s, c) for s, c in sentences]
-            vectors = self.embeddings.embed_documents(texts)
+            vectors = self.embeddings.embed_documents(texts + q_texts)
+            q_vectors, vectors = vectors[len(texts) :], vectors[: len(texts)]
+            if q_ids:
+                self._add(q_col, ids=q_ids, embeddings=q_vectors, documents=q_texts, metadatas=q_metas)
             self._add(
                 chunk_col,
                 ids=[c.chunk_id for c in part],
@@ -481,12 +475,14 @@ class IndexStore:
 
     def _copy_documents(self, old: str, new: str, doc_ids: list[str]) -> None:
         """Carry unchanged documents' records and vectors over without re-embedding."""
-        for kind in ("chunks", "sentences"):
+        for kind in ("chunks", "sentences", "questions"):
             src = self.client.get_collection(self._name(kind, old))
             dst = self._collection(self._name(kind, new))
             got = src.get(
                 where={"doc_id": {"$in": doc_ids}}, include=["embeddings", "documents", "metadatas"]
             )
+            if not got["ids"]:
+                continue
             self._add(
                 dst,
                 ids=got["ids"],
@@ -575,23 +571,3 @@ class IndexStore:
         path.rename(aside)
         log.info("moved the damaged index %s to %s", path, aside)
         return aside
-
-
-def _new_sentences(chunks: list[Chunk], seen: set[str]) -> list[tuple[Sentence, Chunk]]:
-    """Each sentence once, with the first chunk it appears in (overlapping chunks share some)."""
-    out: list[tuple[Sentence, Chunk]] = []
-    for chunk in chunks:
-        for sentence in chunk.sentences:
-            if sentence.sentence_id not in seen:
-                seen.add(sentence.sentence_id)
-                out.append((sentence, chunk))
-    return out
-
-
-def embedding_texts(chunks: list[Chunk]) -> list[str]:
-    """Exactly the texts a build embeds for these chunks (chunks, then their sentences).
-
-    The benchmark encodes these with the bare model to show the build's overhead.
-    """
-    sentences = _new_sentences(chunks, set())
-    return [c.context_text() for c in chunks] + [_sentence_text(s, c) for s, c in sentences]

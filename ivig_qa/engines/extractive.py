@@ -80,7 +80,25 @@ class ExtractiveEngine:
         """The quotable sentences and their feature rows (``ranking.FEATURES``)."""
         items = self.quotable(retrieval)
         idf = self.retriever.bm25.idf
-        return items, sentence_features(retrieval.query, retrieval.expanded_query, items, idf)
+        d2q = self.d2q_similarities(retrieval, items)
+        return items, sentence_features(retrieval.query, retrieval.expanded_query, items, idf, d2q)
+
+    def d2q_similarities(
+        self, retrieval: Retrieval, items: list[tuple[Sentence, ScoredPassage, float]]
+    ) -> np.ndarray:
+        """Each sentence's best cosine to its doc2query questions (precomputed vectors, one matrix
+        product); a sentence without questions gets its own dense similarity (the neutral value)."""
+        store = getattr(self.retriever, "store", None)
+        version = self.retriever.manifest.version if store is not None else ""
+        vectors = store.question_vectors(version) if store is not None else {}
+        out = np.array([dense for _, _, dense in items], dtype=np.float64)
+        have = [i for i, (s, _, _) in enumerate(items) if s.sentence_id in vectors]
+        if have:
+            rows = [vectors[items[i][0].sentence_id] for i in have]
+            sims = np.vstack(rows) @ retrieval.query_vector
+            ends = np.cumsum([len(r) for r in rows])
+            out[have] = [seg.max() for seg in np.split(sims, ends[:-1])]
+        return out
 
     def candidates(self, question: str, retrieval: Retrieval) -> list[Candidate]:
         """Every quotable sentence of the retrieved passages, most likely answer first."""

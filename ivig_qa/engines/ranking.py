@@ -4,8 +4,10 @@ Every sentence of the retrieved passages gets a feature vector (dense similarity
 question, IDF-weighted word coverage of the question's own words, of a follow-up's earlier
 words and of the lay-term expansions, the same coverage in its section heading and title,
 the answer type it states, its passage's retrieval rank…), and a logistic model turns the
-vector into the probability that the sentence answers the question. The model's weights are
-data (``data/ranker.toml``), fitted on labelled questions by ``ivig_qa.evaluation.fit_ranker``.
+vector into the probability that the sentence answers the question (``d2q`` features compare
+it with the questions generated for each sentence at index time, ``ivig_qa.doc2query``). The
+weights are data (``data/ranker.toml``), fitted on labelled questions by
+``ivig_qa.evaluation.fit_ranker``.
 """
 
 from __future__ import annotations
@@ -136,6 +138,9 @@ FEATURES: tuple[str, ...] = (
     "leans_back",  # opens leaning on the sentence before
     "document_rank",  # 1 / (1 + rank by dense within its document's candidates)
     "document_lexical",  # the best lexical of its document's candidates (the document is on topic)
+    "d2q",  # best cosine of the question and the sentence's doc2query questions (else: dense)
+    "d2q_gap",  # d2q minus the best d2q of this question's candidates
+    "d2q_rank",  # 1 / (1 + rank by d2q)
 )
 
 
@@ -155,8 +160,13 @@ def sentence_features(
     expanded_query: str,
     items: list[tuple[Sentence, ScoredPassage, float]],
     idf: Mapping[str, float],
+    d2q: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The feature matrix (rows: ``items`` as (sentence, passage, dense similarity))."""
+    """The feature matrix (rows: ``items`` as (sentence, passage, dense similarity)).
+
+    ``d2q`` is each sentence's best similarity to its doc2query questions; without it (or where
+    a sentence has none, as the caller marks) the sentence's own dense similarity stands in.
+    """
     own_text, context_text = split_follow_up(query)
     own = set(tokenize(own_text))
     context = set(tokenize(context_text)) - own
@@ -193,8 +203,9 @@ def sentence_features(
         }
         for name, value in values.items():
             x[row, col[name]] = value
+    x[:, col["d2q"]] = x[:, col["dense"]] if d2q is None else d2q
     if len(items):
-        for base in ("dense", "lexical"):
+        for base in ("dense", "lexical", "d2q"):
             x[:, col[f"{base}_gap"]] = x[:, col[base]] - x[:, col[base]].max()
             x[:, col[f"{base}_rank"]] = _rank_share(x[:, col[base]])
         docs = np.array([sentence.doc_id for sentence, _, _ in items])

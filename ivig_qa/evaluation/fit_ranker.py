@@ -281,6 +281,9 @@ def main() -> None:
     final = Ranker(final.names, final.mean, final.scale, final.weights, final.bias, slope, intercept)
     for name, w in sorted(zip(final.names, final.weights, strict=True), key=lambda t: -abs(t[1])):
         print(f"  {name:20s} {w:+.3f}")
+    current_selection = {k: getattr(ctx.engine.settings.answer, k) for k in SELECTION_GRID}
+    print(f"  simulated out of fold, current selection {current_selection}:")
+    print("   ", _fmt(simulate(rows, oof, ctx, **current_selection)))
     selection: dict = {}
     if args.tune:
         selection, m = tune_selection(rows, oof, ctx, args.max_words)
@@ -290,6 +293,10 @@ def main() -> None:
         held, hctx = collect(other)
         print(f"{other} (untouched): current", _fmt(ranking_scores(current.logits(held.x), held)))
         print(f"{other} (untouched): fitted ", _fmt(ranking_scores(final.logits(held.x), held)))
+        print(
+            "  simulated, current selection:",
+            _fmt(simulate(held, final.logits(held.x), hctx, **current_selection)),
+        )
         if selection:
             print("  simulated:", _fmt(simulate(held, final.logits(held.x), hctx, **selection)))
     if args.out:
