@@ -1,12 +1,12 @@
 """doc2query: questions a patient might ask that each quotable source sentence answers.
 
 The packaged local LLM writes ``QUESTIONS_PER_SENTENCE`` short questions per sentence once
-(temperature 0, the one fixed prompt below); they are cached by sentence hash (sha256 of the
-prompt version and the normalised sentence text) in ``data/doc2query.jsonl``, committed for
-the bundled corpus, so building the index and answering never need the LLM. The index embeds
-the cached questions beside their sentence, and the ranker scores how close a question comes
-to them (``engines.ranking``). A sentence without cached questions (a new document, no LLM)
-simply has none; nothing fails.
+(temperature 0, the one fixed prompt in ``engines.llm.prompts``); they are cached by sentence
+hash (sha256 of the prompt version and the normalised sentence text) in
+``data/doc2query.jsonl``, committed for the bundled corpus, so building the index and answering
+never need the LLM. The index embeds the cached questions beside their sentence, and the ranker
+scores how close a question comes to them (``engines.ranking``). A sentence without cached
+questions (a new document, no LLM) simply has none; nothing fails.
 
 ``python -m ivig_qa.doc2query`` (or ``ivig-qa doc2query``) generates the missing entries for
 the corpus when the ``llm`` extra is installed, and says so plainly when it is not.
@@ -26,30 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ivig_qa.engines.llm.prompts import DOC2QUERY_PROMPT_VERSION as PROMPT_VERSION
+from ivig_qa.engines.llm.prompts import DOC2QUERY_SYSTEM as SYSTEM_PROMPT
+from ivig_qa.engines.llm.prompts import DOC2QUERY_USER as USER_PROMPT
 from ivig_qa.settings import Settings
 from ivig_qa.text import collapse_space
 from ivig_qa.types import Sentence
 
-PROMPT_VERSION = "d2q-2"
 QUESTIONS_PER_SENTENCE = 3
 CACHE_FILE = "doc2query.jsonl"
-
-# The one prompt: short, for a 1.5B model; the example is off-corpus so no fact leaks in.
-SYSTEM_PROMPT = """\
-You write the questions a patient might type that one sentence from a medical source answers.
-Write exactly 3 different short questions in plain everyday words, one per line.
-The sentence must answer each question: ask about the specific fact it states (a number, a
-result, a reason, a risk, a step), using its details. Never ask a general question the sentence
-does not answer. No numbering, no answers, nothing else.
-
-Example.
-Sentence: Most healthy adults can donate whole blood every 56 days, and platelets more often.
-Questions:
-how often can i give blood?
-how long do i have to wait between blood donations?
-can i donate platelets more often than whole blood?"""
-
-USER_PROMPT = "Sentence: {sentence}\nQuestions:"
 
 _NUMBERING = re.compile(r"^\s*(?:[-*•]|\d+[.):]|q\d*[.:)])\s*", re.IGNORECASE)
 

@@ -1,4 +1,4 @@
-"""Every text the LLM engine sends a model: the answer prompt over numbered quotes, and the judge's.
+"""Every text sent to a model: the answer prompt over numbered quotes, the judge's, and doc2query's.
 
 Only here are prompts worded; the engine and the judge build their messages with these functions.
 Every request opens with the same ``SYSTEM_PROMPT`` (instructions and one worked example), so
@@ -40,6 +40,27 @@ JUDGE_USER = (
     "Check a sentence against a quote.\nQuote: {passage}\nSentence: {statement}\n"
     "Does the quote say everything the sentence says? Reply with one word: yes or no."
 )
+
+
+# doc2query (``ivig_qa.doc2query``): the questions each source sentence answers, generated once
+# and cached. Short, for a 1.5B model; the example is off-corpus so no fact leaks in. A new
+# version makes every cached entry stale.
+DOC2QUERY_PROMPT_VERSION = "d2q-2"
+DOC2QUERY_SYSTEM = """\
+You write the questions a patient might type that one sentence from a medical source answers.
+Write exactly 3 different short questions in plain everyday words, one per line.
+The sentence must answer each question: ask about the specific fact it states (a number, a
+result, a reason, a risk, a step), using its details. Never ask a general question the sentence
+does not answer. No numbering, no answers, nothing else.
+
+Example.
+Sentence: Most healthy adults can donate whole blood every 56 days, and platelets more often.
+Questions:
+how often can i give blood?
+how long do i have to wait between blood donations?
+can i donate platelets more often than whole blood?"""
+
+DOC2QUERY_USER = "Sentence: {sentence}\nQuestions:"
 
 
 @dataclass
