@@ -11,10 +11,10 @@ LLM_STAMP := $(VENV)/.installed-llm
 # into .wheels/ as a portable wheel: no -march=native, so it runs on any x86-64 CPU with AVX2.
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-EVAL_GATE := retrieval_recall=0.95 cited_recall=0.80 key_fact_coverage=0.90 status_accuracy=0.97 \
+EVAL_GATE := retrieval_recall=0.95 cited_recall=0.83 key_fact_coverage=0.93 status_accuracy=0.97 \
 	false_refusals=2 missed_emergencies=0 quotes_verbatim=1 disclaimer_present=1 disclaimer_constant=1 \
-	markers_resolve=1 html_escaped=1 quote_precision=0.46 lead_accuracy=0.73 answer_words_median=115 \
-	answer_words_p90=170 context_quoted=0
+	markers_resolve=1 html_escaped=1 quote_precision=0.47 lead_accuracy=0.78 answer_words_median=125 \
+	answer_words_p90=190 context_quoted=0
 
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
