@@ -90,6 +90,8 @@ def test_numbers_and_entities() -> None:
     assert numbers("1,000 to 100,000 donors; 2.0 g/kg; two doses; 40%") == {"1000", "100000", "2", "40"}
     assert numbers("It takes 1000 donors and 2 g/kg") <= numbers("between 1,000 donors, 2.0 g/kg")
     assert numbers("can cost $100K a year, or 2M") == numbers("costs $100,000 a year, or 2,000,000")
+    assert numbers("the winter flu one, the pneumococcal one; no one; one of them; this one") == set()
+    assert numbers("one dose a month, one in ten") == {"1", "10"}
     assert (
         lexical_problem("It can cost $100K a year.", "is incredibly expensive (can cost $100K a year)", 0.5)
         is None

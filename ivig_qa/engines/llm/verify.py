@@ -73,10 +73,17 @@ _NEGATION = re.compile(
 _FREE_ENTITIES = frozenset({"ivig", "i", "ig", "iv"})
 
 
+# "one" as a pronoun is not a number: "the flu one", "this one", "no one", "one of them".
+_PRONOUN_ONE = re.compile(
+    r"\b(?:the|this|that|each|every|any|no|which|another)\s+(?:[a-z-]+\s+){0,2}?ones?\b|\bones?\s+(?:of|another)\b",
+    re.IGNORECASE,
+)
+
+
 def numbers(text: str) -> set[str]:
-    """Numbers as values: "1,000" = "1000", "2.0" = "2", "two" = "2"."""
+    """Numbers as values: "1,000" = "1000", "2.0" = "2", "two" = "2" ("the flu one" has none)."""
     out: set[str] = set()
-    for raw in _NUMBER.findall(text):
+    for raw in _NUMBER.findall(_PRONOUN_ONE.sub(" ", text)):
         word = _NUMBER_WORDS.get(raw.lower())
         value = word or raw.replace(",", "")
         scale = _SCALE.get(value[-1].lower(), 1) if value[-1].isalpha() else 1
