@@ -375,6 +375,15 @@ def test_the_eval_report_counts_fallbacks_and_why_sentences_were_dropped(assista
     assert report.metrics.fallback_rate == 0.5
     assert report.per_category["factual"].fallback_rate == 0.0
     assert report.per_category["multi_doc"].fallback_rate == 1.0
+    # An answerable question the policy sent to urgent care is its mistake, not an engine fallback.
+    from ivig_qa.evaluation.generation import generation_metrics
+
+    lupus_record, cost_record = (
+        next(r for r in report.records if r.id == i) for i in ("fact-lupus-how-often", "multi-cost")
+    )
+    assert generation_metrics([lupus_record, cost_record])["fallback_rate"] == 0.5
+    urgent = cost_record.model_copy(update={"status": "urgent_care"})
+    assert generation_metrics([lupus_record, urgent])["fallback_rate"] == 0.0
     assert all("@llm" not in x for r in report.records for x in r.reasons)  # triage breakdown unchanged
     md = render_markdown(report)
     assert "## The generated answer (LLM engine)" in md and "| `number` |" in md

@@ -54,9 +54,17 @@ def generation_record(answer: Answer) -> GenerationRecord | None:
 
 
 def generation_metrics(records: Sequence[BaseModel]) -> dict[str, float | None]:
-    """Fallback rate over the answerable items (expect=answer) a generating engine answered,
-    sentences kept and dropped per answer, and the median lead time."""
-    answered = [r for r in records if getattr(r, "generation", None) is not None and r.expect == "answer"]
+    """Fallback rate over the answerable items (expect=answer) that the policy answered and the
+    generating engine wrote, sentences kept and dropped per answer, and the median lead time.
+
+    An answerable question the policy sent elsewhere (urgent care gets the quotes only) is the
+    policy's mistake, counted by status accuracy, not a fallback of the engine.
+    """
+    answered = [
+        r
+        for r in records
+        if getattr(r, "generation", None) is not None and r.expect == "answer" and r.status == "answered"
+    ]
     if not answered:
         return {}
     gens: list[GenerationRecord] = [r.generation for r in answered]

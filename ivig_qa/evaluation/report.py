@@ -171,7 +171,8 @@ def _generation_section(report: EvalReport) -> list[str]:
     parts = [
         "## The generated answer (LLM engine)",
         "",
-        "Over expect=answer items: fallback rate (the extractive engine answered instead), generated "
+        "Over expect=answer items the policy answered (status `answered`): fallback rate (the "
+        "extractive engine answered instead), generated "
         "sentences kept and dropped per answer, the lead (first visible text, from composing) and the "
         "summary's first token.",
         "",
