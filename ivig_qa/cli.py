@@ -270,7 +270,9 @@ def eval_command(
 
 @app.command("doc2query")
 def doc2query_command(
-    out: Annotated[Path | None, typer.Option("--out", help="Cache file (default: the packaged one).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Cache file (default: index.doc2query_file, else packaged).")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Generate the doc2query questions missing from the cache for the corpus (needs the `llm` extra)."""

@@ -56,7 +56,12 @@ def parse_questions(reply: str) -> list[str]:
     return out[:QUESTIONS_PER_SENTENCE]
 
 
-def cache_path() -> Path:
+def cache_path(settings: Settings | None = None) -> Path:
+    """The cache file: ``index.doc2query_file`` when set, else the packaged one (the bundled
+    corpus's questions)."""
+    configured = settings.index.doc2query_file if settings is not None else None
+    if configured is not None:
+        return configured.expanduser()
     return Path(str(resources.files("ivig_qa.data").joinpath(CACHE_FILE)))
 
 
@@ -74,18 +79,25 @@ def read_cache(path: Path | None = None) -> dict[str, list[str]]:
 
 
 @cache
-def _cached(path: Path) -> dict[str, list[str]]:
+def _cached(path: Path, stamp: tuple[int, int]) -> dict[str, list[str]]:
     return read_cache(path)
 
 
+def load_cache(settings: Settings | None = None) -> dict[str, list[str]]:
+    """The configured cache (``cache_path``), read once per process while the file is unchanged."""
+    path = cache_path(settings)
+    stat = path.stat() if path.is_file() else None
+    return _cached(path, (stat.st_mtime_ns, stat.st_size) if stat else (0, 0))
+
+
 def packaged_cache() -> dict[str, list[str]]:
-    """The committed cache, read once per process."""
-    return _cached(cache_path())
+    """The committed cache of the bundled corpus."""
+    return load_cache(None)
 
 
-def cache_digest() -> str:
+def cache_digest(settings: Settings | None = None) -> str:
     """What the index records of the cache it embedded (a new cache makes the index stale)."""
-    path = cache_path()
+    path = cache_path(settings)
     raw = path.read_bytes() if path.is_file() else b""
     return f"{PROMPT_VERSION}:{hashlib.sha256(raw).hexdigest()[:16]}"
 
@@ -95,13 +107,16 @@ def questions_for(text: str, cache: dict[str, list[str]] | None = None) -> list[
     return (packaged_cache() if cache is None else cache).get(sentence_key(text), [])
 
 
-def question_records(sentences: Iterable[Sentence]) -> tuple[list[str], list[str], list[dict]]:
-    """Ids, texts and metadata of the cached questions of these sentences, for the index."""
+def question_records(
+    sentences: Iterable[Sentence], cache: dict[str, list[str]] | None = None
+) -> tuple[list[str], list[str], list[dict]]:
+    """Ids, texts and metadata of the cached questions of these sentences, for the index
+    (``cache``: the configured cache; default the packaged one)."""
     ids: list[str] = []
     texts: list[str] = []
     metas: list[dict] = []
     for s in sentences:
-        for i, q in enumerate(questions_for(s.text)):
+        for i, q in enumerate(questions_for(s.text, cache)):
             ids.append(f"{s.sentence_id}:q{i}")
             texts.append(q)
             metas.append({"doc_id": s.doc_id, "sentence_id": s.sentence_id})
@@ -182,7 +197,7 @@ def run(settings: Settings, out: Path | None = None) -> int:
     from ivig_qa.engines.llm.backends import LLMUnavailableError
 
     try:
-        generate(settings, corpus_sentences(settings), out or cache_path())
+        generate(settings, corpus_sentences(settings), out or cache_path(settings))
     except LLMUnavailableError as exc:
         print(f"doc2query: cannot generate questions without the LLM: {exc}", file=sys.stderr)
         print(
@@ -195,7 +210,9 @@ def run(settings: Settings, out: Path | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ivig_qa.doc2query", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="cache file (default: the packaged one)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="cache file (default: index.doc2query_file, else packaged)"
+    )
     args = parser.parse_args(argv)
     return run(Settings.load(), args.out)
 

@@ -263,7 +263,7 @@ class IndexStore:
             chunker=self.chunker_settings().fingerprint(),
             documents={d.doc_id: d.content_hash for d in docs},
             titles={d.doc_id: d.title for d in docs},
-            doc2query=doc2query.cache_digest(),
+            doc2query=doc2query.cache_digest(self.settings),
         )
 
     def chunker_settings(self) -> ChunkerSettings:
@@ -438,7 +438,9 @@ class IndexStore:
         for i in range(0, total, group):
             part = chunks[i : i + group]
             sentences = _new_sentences(part, seen)
-            q_ids, q_texts, q_metas = doc2query.question_records(s for s, _ in sentences)
+            q_ids, q_texts, q_metas = doc2query.question_records(
+                (s for s, _ in sentences), doc2query.load_cache(self.settings)
+            )
             texts = [c.context_text() for c in part] + [_sentence_text(s, c) for s, c in sentences]
             vectors = self.embeddings.embed_documents(texts + q_texts)
             q_vectors, vectors = vectors[len(texts) :], vectors[: len(texts)]

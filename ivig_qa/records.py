@@ -63,11 +63,12 @@ def _new_sentences(chunks: list[Chunk], seen: set[str]) -> list[tuple[Sentence, 
     return out
 
 
-def embedding_texts(chunks: list[Chunk]) -> list[str]:
-    """Exactly the texts a build embeds for these chunks (chunks, their sentences, their questions).
+def embedding_texts(chunks: list[Chunk], cache: dict[str, list[str]] | None = None) -> list[str]:
+    """Exactly the texts a build embeds for these chunks (chunks, their sentences, their questions
+    from ``cache``, by default the packaged doc2query cache).
 
     The benchmark encodes these with the bare model to show the build's overhead.
     """
     sentences = _new_sentences(chunks, set())
-    questions = doc2query.question_records(s for s, _ in sentences)[1]
+    questions = doc2query.question_records((s for s, _ in sentences), cache)[1]
     return [c.context_text() for c in chunks] + [_sentence_text(s, c) for s, c in sentences] + questions

@@ -64,6 +64,11 @@ class IndexSettings(_Group):
         1, ge=0, description="Threads for embedding one question (0: the runtime's default, all cores)."
     )
     build_threads: int = Field(0, ge=0, description="torch threads for embedding a build (0: all cores).")
+    doc2query_file: Path | None = Field(
+        None,
+        description="The doc2query questions cache (JSONL) the index embeds; None: the packaged "
+        "ivig_qa/data/doc2query.jsonl, which covers the bundled corpus (`ivig-qa doc2query` fills either).",
+    )
 
     chunk_max_chars: int = 700
     chunk_overlap_sentences: int = 1

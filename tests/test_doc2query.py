@@ -71,24 +71,24 @@ def test_a_question_a_sentence_was_given_scores_highest_on_d2q(assistant: Assist
     assert d2q[row] == d2q.max() and x[row, FEATURES.index("d2q_rank")] == 1.0
 
 
-def test_without_the_cache_the_index_builds_and_d2q_falls_back_to_the_sentence(
-    tmp_path: Path, monkeypatch
-) -> None:
-    monkeypatch.setattr(doc2query, "cache_path", lambda: tmp_path / "absent.jsonl")
-    settings = Settings.load(corpus_dir=Path("corpus"), index_dir=tmp_path / "index")
+def test_without_the_cache_the_index_builds_and_d2q_falls_back_to_the_sentence(tmp_path: Path) -> None:
+    cache = tmp_path / "questions.jsonl"  # index.doc2query_file: not there yet
+    settings = Settings.load(corpus_dir=Path("corpus"), index_dir=tmp_path / "index", doc2query_file=cache)
     assistant = Assistant.load(settings)
     store, version = assistant.retriever.store, assistant.retriever.manifest.version
     assert store.question_vectors(version) == {}
-    assert assistant.retriever.manifest.doc2query == doc2query.cache_digest()
+    assert assistant.retriever.manifest.doc2query == doc2query.cache_digest(settings)
     engine = ExtractiveEngine(assistant.retriever, settings)
     retrieval = assistant.retrieve("how often is ivig given for lupus?")
     items, x = engine.features(retrieval)
     assert items and np.allclose(x[:, FEATURES.index("d2q")], x[:, FEATURES.index("dense")])
     assert assistant.ask("how often is ivig given for lupus?").citations
     # The cache arrives: the index is stale until rebuilt, and then has the questions.
-    monkeypatch.undo()
+    cache.write_bytes(doc2query.cache_path().read_bytes())
     docs = load_corpus(settings.index.corpus_dir).documents
     assert assistant.store.stale_reason(docs) == "doc2query questions changed"
+    rebuilt = Assistant.load(settings)
+    assert rebuilt.retriever.store.question_vectors(rebuilt.retriever.manifest.version)
 
 
 def test_generating_without_a_model_says_so_and_fails_cleanly(tmp_path: Path, capsys) -> None:

@@ -283,11 +283,12 @@ def measure_build(settings: Settings, label: str, repeat: int = 1) -> BuildResul
     """
     from sentence_transformers import SentenceTransformer
 
+    from ivig_qa import doc2query
     from ivig_qa.embeddings import load_embeddings, resolve_model_path, use_torch_threads
     from ivig_qa.index import IndexStore, embedding_texts
 
     docs, chunks = corpus_chunks(settings.index.corpus_dir, settings)
-    texts = embedding_texts(chunks)
+    texts = embedding_texts(chunks, doc2query.load_cache(settings))
     model = SentenceTransformer(str(resolve_model_path(settings.index.embedding_model)), device="cpu")
     use_torch_threads(settings.index.build_threads)  # the bare encode gets the threads a build gets
     embeddings = load_embeddings(settings.index.embedding_model, settings.index.embedding_batch_size)
