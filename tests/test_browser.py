@@ -229,6 +229,8 @@ def test_chat_answers_with_each_source_named_once_and_read_in_context(
     # The message is not labelled with its raw Markdown/HTML; the log does not read it all out.
     assert message.get_attribute("aria-label") is None
     assert page.locator("#ivig-chat [role=log]").get_attribute("aria-live") == "off"
+    # The announcement is cleared, then set 60 ms later (so a screen reader reads it again): wait.
+    page.wait_for_function("() => document.querySelector('[aria-live=polite].ivig-sr')?.textContent.trim()")
     spoken = page.locator("[aria-live=polite].ivig-sr").inner_text()
     assert (
         spoken.startswith("Here is what the sources say") and "Sources" not in spoken and "[1]" not in spoken
