@@ -22,7 +22,7 @@ import numpy as np
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict
+from pydantic import ConfigDict, PrivateAttr
 from rank_bm25 import BM25Okapi
 
 from ivig_qa import data
@@ -237,6 +237,7 @@ class HybridRetriever(BaseRetriever):
     expander: QueryExpander
     vocabulary: Vocabulary
     sources: dict[str, dict[str, str]]
+    _sentence_vectors: dict[str, np.ndarray] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def open(cls, store: IndexStore, manifest: Manifest) -> HybridRetriever:
@@ -326,13 +327,13 @@ class HybridRetriever(BaseRetriever):
 
     def sentence_vectors(self, sentence_ids: list[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the given sentences (the compose step scores them all)."""
-        if not sentence_ids:
-            return {}
-        store = self.store.vectorstore("sentences", self.manifest.version)  # opened once, reused
-        got = store.get(ids=sentence_ids, include=["embeddings"])
-        return {
-            i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], got["embeddings"], strict=True)
-        }
+        missing = [i for i in sentence_ids if i not in self._sentence_vectors]
+        if missing:  # an index version never changes: each vector is read from Chroma once
+            store = self.store.vectorstore("sentences", self.manifest.version)  # opened once, reused
+            got = store.get(ids=missing, include=["embeddings"])
+            for i, e in zip(got["ids"], got["embeddings"], strict=True):
+                self._sentence_vectors[i] = np.asarray(e, dtype=np.float32)
+        return {i: self._sentence_vectors[i] for i in sentence_ids if i in self._sentence_vectors}
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun

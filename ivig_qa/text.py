@@ -6,7 +6,7 @@ One home for them, so retrieval, policy, engines and evaluation agree on what a 
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 # fmt: off
@@ -37,6 +37,7 @@ TOKEN = re.compile(r"[a-z0-9]+(?:[./][a-z0-9]+)*")
 _SIBILANT_PLURAL = re.compile(r"(?:ss|x|z|ch|sh)es$")
 
 
+@lru_cache(maxsize=65536)
 def stem(word: str) -> str:
     """A deliberately light stemmer: plural and -ing/-ed endings (enough for BM25 here).
 
@@ -54,7 +55,13 @@ def stem(word: str) -> str:
 
 def tokenize(text: str) -> list[str]:
     """Lower-cased, stop-word-free, lightly stemmed terms."""
-    return [stem(t) for t in TOKEN.findall(text.lower()) if t not in STOPWORDS]
+    return list(_terms(text))
+
+
+@lru_cache(maxsize=8192)
+def _terms(text: str) -> tuple[str, ...]:
+    """``tokenize``, kept per text: the sources' sentences are tokenized for every question."""
+    return tuple(stem(t) for t in TOKEN.findall(text.lower()) if t not in STOPWORDS)
 
 
 WORD = re.compile(r"[a-z][a-z0-9'-]*[a-z0-9]|[a-z]")

@@ -8,8 +8,10 @@ Every rule (red-flag patterns, the semantic layer, scope) reads the message thro
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import unicodedata
+from functools import lru_cache
 
 from confusable_homoglyphs import confusables
 
@@ -93,24 +95,48 @@ def correct_spelling(
     ``english_fallback=False`` keeps to preferred words: a drug name one edit from an English word
     ("lyrica" → "lyric") must stay itself where scope reads it.
     """
-    spell = english()
 
     def fix(m: re.Match[str]) -> str:
         word = m.group()
         low = word.lower()
         if len(low) < 4 or low in known or low in preferred or "'" in low:
             return word
-        if spell.word_frequency[low] >= COMMON_ENGLISH:
-            return word
-        candidates = spell.known(spell.edit_distance_1(low)) - {low}
-        liked = candidates & preferred
-        if liked:
-            return max(liked, key=lambda c: (spell.word_frequency[c], c))
-        near = difflib.get_close_matches(low, preferred, n=1, cutoff=NEAR_PREFERRED)
-        if near:
-            return near[0]
-        if low in spell or not candidates or not english_fallback:
-            return word
-        return max(candidates, key=lambda c: (spell.word_frequency[c], c))
+        return _corrected(low, preferred, english_fallback) or word
 
     return _WORD.sub(fix, text)
+
+
+@lru_cache(maxsize=16384)
+def _corrected(low: str, preferred: frozenset[str], english_fallback: bool) -> str | None:
+    """``correct_spelling``'s choice for one lower-cased word (None: leave it). Kept per word,
+    a bounded cache: a misspelling patients make once they make again."""
+    spell = english()
+    if spell.word_frequency[low] >= COMMON_ENGLISH:
+        return None
+    candidates = spell.known(spell.edit_distance_1(low)) - {low}
+    liked = candidates & preferred
+    if liked:
+        return max(liked, key=lambda c: (spell.word_frequency[c], c))
+    near = difflib.get_close_matches(low, _of_similar_length(low, preferred), n=1, cutoff=NEAR_PREFERRED)
+    if near:
+        return near[0]
+    if low in spell or not candidates or not english_fallback:
+        return None
+    return max(candidates, key=lambda c: (spell.word_frequency[c], c))
+
+
+def _of_similar_length(word: str, words: frozenset[str]) -> list[str]:
+    """The ``words`` whose length lets difflib's ratio reach ``NEAR_PREFERRED`` (2·matches over
+    both lengths, matches ≤ the shorter): the same result as searching all of them, faster."""
+    by_length = _by_length(words)
+    n, c = len(word), NEAR_PREFERRED
+    low, high = math.ceil(n * c / (2 - c) - 1e-9), math.floor(n * (2 - c) / c + 1e-9)
+    return [w for length in range(low, high + 1) for w in by_length.get(length, ())]
+
+
+@lru_cache(maxsize=8)
+def _by_length(words: frozenset[str]) -> dict[int, tuple[str, ...]]:
+    out: dict[int, list[str]] = {}
+    for w in words:
+        out.setdefault(len(w), []).append(w)
+    return {n: tuple(ws) for n, ws in out.items()}
