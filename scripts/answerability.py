@@ -4,11 +4,12 @@ Every item of the pool sets goes through the real assistant; its retrieved sente
 ranker's features, and the question's signals are: the best sentence's calibrated probability
 (``pmax``: out of fold for the questions the ranker was fitted on, refitted per fold by question
 with ``fit_ranker``'s machinery; the packaged ranker for the rest), the best sentence similarity,
-and the best sentence's share of the question's words. For each signal it prints, per threshold,
-the out-of-scope items caught by the signal alone and the answerable ones it would refuse (those
-reaching the scope step: not a mild or past symptom, not another language). Rerun it after the
-ranker is refitted: a gate would be worth shipping only if it catches a clear majority of the
-out-of-scope items at <= 2% answerable refused.
+the best sentence's share of the question's words, and the best doc2query similarity (``d2q``:
+the question against the questions generated for each candidate sentence). For each signal it
+prints, per threshold, the out-of-scope items caught by the signal alone and the answerable ones
+it would refuse (those reaching the scope step: not a mild or past symptom, not another
+language). Rerun it after the ranker is refitted: a gate would be worth shipping only if it
+catches a clear majority of the out-of-scope items at <= 2% answerable refused.
 """
 
 from __future__ import annotations
@@ -85,10 +86,11 @@ def signals(records: list[dict], folds: int) -> None:
     slope, intercept = calibrate(raw, y)
     for k, r in enumerate(fitted):
         r["logits"] = slope * raw[group == k] + intercept
-    lexical = FEATURES.index("lexical")
+    lexical, d2q = FEATURES.index("lexical"), FEATURES.index("d2q")
     for r in records:
         r["pmax"] = float(1.0 / (1.0 + np.exp(-r["logits"].max())))
         r["lexical"] = float(r["x"][:, lexical].max()) if len(r["x"]) else 0.0
+        r["d2q"] = float(r["x"][:, d2q].max()) if len(r["x"]) else 0.0
 
 
 def reaches_scope(r: dict) -> bool:
@@ -102,7 +104,7 @@ def table(records: list[dict]) -> str:
     oos = [r for r in records if r["expect"] == "refuse_out_of_scope"]
     ans = [r for r in records if r["expect"] == "answer" and reaches_scope(r)]
     lines = [f"{len(oos)} out-of-scope items, {len(ans)} answerable items reaching the scope step"]
-    for name in ("pmax", "best_similarity", "lexical"):
+    for name in ("pmax", "best_similarity", "lexical", "d2q"):
         lines.append(f"{name}: threshold | out of scope caught | answerable refused")
         for t in np.quantile([r[name] for r in oos], [0.1, 0.25, 0.5, 0.6, 0.75, 0.9]):
             caught = sum(r[name] < t for r in oos)
