@@ -100,6 +100,9 @@ class Modifier:
     counter_examples: tuple[str, ...]
     mild_cancels: bool = False
     """A clause worded as mild ("a bit", "slight") cancels this modifier."""
+    condition_cancels: bool = False
+    """A clause that says someone has a condition ("has severe pain from a nerve disease")
+    cancels this modifier: a diagnosis, not an event."""
 
     def search(self, text: str) -> re.Match[str] | None:
         for p in self.patterns:
@@ -128,6 +131,7 @@ class Severity:
                 tuple(m.get("examples", [])),
                 tuple(m.get("counter_examples", [])),
                 bool(m.get("mild_cancels", False)),
+                bool(m.get("condition_cancels", False)),
             )
             for m in raw["modifier"]
         )
@@ -199,11 +203,12 @@ class Reader:
             text = f"{self.clauses[i].text} {text}"
         return text
 
-    def condition(self, i: int) -> re.Match[str] | None:
+    def condition(self, i: int, severity: bool = True) -> re.Match[str] | None:
         """Clause ``i`` says someone has a condition, or gets something again and again, rather
-        than that something is happening: "keeps getting chest infections", "has CRPS"."""
+        than that something is happening: "keeps getting chest infections", "has CRPS".
+        ``severity``: a severity modifier on the clause says it is happening (not a condition)."""
         text = self.clauses[i].text
-        if self.severity.modifier(text):
+        if severity and self.severity.modifier(text):
             return None
         found = self.catalogue.condition.search(text)
         if found:
@@ -290,6 +295,8 @@ class Reader:
             if read in SET_ASIDE:
                 continue
             modifier, match = hit
+            if modifier.condition_cancels and self.condition(i, severity=False):
+                continue
             found.append(
                 Reason(
                     id="urgent.severe_now",
