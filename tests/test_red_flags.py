@@ -64,7 +64,18 @@ def test_catalogue_is_well_formed() -> None:
         assert c.tier == MILD or c.patterns, f"{c.id}: a red flag needs its precise pattern layer"
     must_cover = {"anaphylaxis", "chest_pain", "stroke", "lung_clot", "limb_clot", "kidney", "meningitis"}
     must_cover |= {"haemolysis", "breathing", "seizure", "unresponsive", "skin_severe", "cyanosis"}
+    must_cover |= {"infant_fever", "self_harm", "poisoning"}
     assert must_cover | {"hypertension_crisis", "floppy_baby"} <= set(ids)
+
+
+def test_a_patterns_only_concept_gives_the_semantic_layer_no_examples(layer: SemanticLayer) -> None:
+    """``semantic = false``: its descriptions are the patterns' tests, never the model's examples."""
+    patterns_only = [c for c in CATALOGUE.concepts if not c.semantic]
+    assert patterns_only  # poisoning: the model reads "a medicine", not "an overdose"
+    for concept in patterns_only:
+        assert not set(concept.descriptions) & set(layer.pos_texts), concept.id
+        for text in concept.descriptions:
+            assert any(p.search(text.lower()) for p in concept.patterns), text
 
 
 @pytest.mark.parametrize(("concept", "text"), RED)

@@ -119,6 +119,7 @@ class Severity:
     modifiers: tuple[Modifier, ...]
     symptom_words: frozenset[str]
     min_similarity: float
+    compound_heads: tuple[str, ...] = ()
 
     @classmethod
     @cache
@@ -136,7 +137,12 @@ class Severity:
             for m in raw["modifier"]
         )
         symptoms = raw["symptoms"]
-        return cls(modifiers, frozenset(symptoms["words"]), float(symptoms["min_similarity"]))
+        return cls(
+            modifiers,
+            frozenset(symptoms["words"]),
+            float(symptoms["min_similarity"]),
+            tuple(symptoms.get("compound_heads", ())),
+        )
 
     def modifier(self, text: str, mild: re.Match[str] | None = None) -> tuple[Modifier, re.Match[str]] | None:
         """The first modifier in ``text``; ``mild``: the text's mild wording, if any."""
@@ -150,7 +156,11 @@ class Severity:
         )
 
     def names_symptom(self, text: str) -> bool:
-        return bool(set(WORD.findall(text)) & self.symptom_words)
+        """A symptom word, or a compound ending in a symptom head ("nosebleed", "backache")."""
+        words = set(WORD.findall(text))
+        return bool(words & self.symptom_words) or any(
+            w.endswith(head) and len(w) > len(head) for w in words for head in self.compound_heads
+        )
 
 
 @cache

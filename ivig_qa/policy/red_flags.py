@@ -33,6 +33,9 @@ class Concept:
     patterns: tuple[re.Pattern[str], ...]
     descriptions: tuple[str, ...]
     not_this: tuple[str, ...]
+    semantic: bool = True
+    """Its descriptions are the semantic layer's examples; False: patterns only (the model reads
+    the topic, e.g. medicines, not the event, e.g. an overdose), descriptions kept as tests."""
 
     @property
     def urgent(self) -> bool:
@@ -82,6 +85,7 @@ class Catalogue:
                 patterns=_compile(c.get("patterns", [])),
                 descriptions=tuple(c.get("descriptions", [])),
                 not_this=tuple(c.get("not_this", [])),
+                semantic=bool(c.get("semantic", True)),
             )
             for c in raw["concept"]
         )

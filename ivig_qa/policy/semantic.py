@@ -129,8 +129,9 @@ class SemanticLayer:
         neg_texts: list[str] = []
         neg_urgent: list[bool] = []
         for i, concept in enumerate(catalogue.concepts):
-            pos_texts += concept.descriptions
-            owner += [i] * len(concept.descriptions)
+            if concept.semantic:
+                pos_texts += concept.descriptions
+                owner += [i] * len(concept.descriptions)
             neg_texts += concept.not_this
             neg_urgent += [concept.urgent] * len(concept.not_this)
         neg_texts += catalogue.not_event
