@@ -27,11 +27,16 @@ from ivig_qa.policy.triage import Triage, Triager
 REPO = Path(__file__).resolve().parent.parent
 CATALOGUE = Catalogue.load()
 RED = [(c.id, d) for c in CATALOGUE.concepts if c.tier == RED_FLAG for d in c.descriptions]
-# Known gap, kept visible: where a symptom is matters more than what it is to the embedding model,
-# so a rash "on my chest" is closer to chest pain than to the other rash descriptions.
-KNOWN_GAPS = {"a few red spots came up on my chest after the infusion"}
+# Known gaps, kept visible: where a symptom is matters more than what it is to the embedding model,
+# so a rash "on my chest" is closer to chest pain than to the other rash descriptions, and a sore
+# throat is closer to a throat closing up (anaphylaxis) than to a runny nose: both are sent to
+# urgent care (the safe side).
+KNOWN_GAPS = {
+    "a few red spots came up on my chest after the infusion": "location outweighs symptom",
+    "I have a scratchy sore throat since yesterday": "the throat outweighs the complaint",
+}
 MILDS = [
-    pytest.param(c.id, d, marks=pytest.mark.xfail(strict=True, reason="location outweighs symptom"))
+    pytest.param(c.id, d, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[d]))
     if d in KNOWN_GAPS
     else (c.id, d)
     for c in CATALOGUE.concepts
@@ -120,6 +125,26 @@ def test_no_evaluation_message_is_copied_into_the_catalogue() -> None:
             if line.strip():
                 question = norm(json.loads(line)["question"])
                 assert question not in catalogue, f"{path.name}: {question!r} is in the catalogue"
+
+
+@pytest.mark.parametrize(
+    ("text", "urgent"),
+    [
+        ("I feel washed out and a bit achy tonight", False),  # washed out ~ blacking out
+        ("feeling washed out, achy all over after ivig", False),  # all over ~ itching all over
+        ("I feel washed out and my lips have gone blue", True),  # a pattern names the red flag
+        ("I'm achy and feel like I might pass out", True),
+    ],
+)
+def test_a_weak_resemblance_gives_way_to_a_named_mild_symptom(
+    layer: SemanticLayer, text: str, urgent: bool
+) -> None:
+    """``weak_similarity``: a semantic-only red flag just over the floor, in clauses naming no
+    symptom, beside a mild symptom a pattern names, is the mild one; a pattern's red flag is not."""
+    found = _triage(layer, text)
+    assert found.is_urgent == urgent, [r.id for r in found.reasons]
+    if not urgent:
+        assert found.is_mild and "triage.mild_named" in {r.id for r in found.set_aside}
 
 
 def test_leave_one_concept_out(layer: SemanticLayer) -> None:
