@@ -280,21 +280,13 @@ class Triager:
             red_best = max(s.reason.score or 0.0 for s, _ in urgent)
             mild_best = max((s.similarity for s, (r, _) in mild if r not in SET_ASIDE), default=0.0)
             # Only a single complaint: several together ("bad headache, keeps throwing up, wants
-            # the lights off") are how red flags present.
-            weak = float(self.catalogue.semantic["weak_similarity"])
-            if named and len(reader.clauses) == 1 and red_best < confident and mild_best >= red_best:
-                aside += [s.reason for s, _ in urgent]
-                worded.append(Reason(id="triage.mild_named", layer="pattern", detail=named[0].detail))
-                urgent = []
-            elif (
-                named
-                and red_best < weak
-                and not any(
-                    self.severity.names_symptom(reader.clauses[i].text) for s, _ in urgent for i in s.carriers
-                )
-            ):
-                # A bare resemblance ("washed out" ~ "blacking out", "warm" ~ "red, hot calf") in
-                # clauses that name no symptom, beside a mild symptom a pattern names: the mild one.
+            # the lights off") are how red flags present. Or a bare resemblance ("washed out" ~
+            # "blacking out", "warm" ~ "red, hot calf") in clauses that name no symptom.
+            single = len(reader.clauses) == 1 and red_best < confident and mild_best >= red_best
+            bare = red_best < float(self.catalogue.semantic["weak_similarity"]) and not any(
+                self.severity.names_symptom(reader.clauses[i].text) for s, _ in urgent for i in s.carriers
+            )
+            if named and (single or bare):
                 aside += [s.reason for s, _ in urgent]
                 worded.append(Reason(id="triage.mild_named", layer="pattern", detail=named[0].detail))
                 urgent = []
