@@ -55,6 +55,22 @@ def test_severity_counter_examples_are_not_severe_now(triager: Triager, modifier
     assert "urgent.severe_now" not in {r.id for r in found.urgent}, [r.detail for r in found.urgent]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "what causes severe headaches after ivig",
+        "can ivig cause severe headaches in children",
+        "can ivig cause heavy bleeding",
+    ],
+)
+def test_a_descriptive_modifier_does_not_make_a_general_question_now(triager: Triager, text: str) -> None:
+    """``reads_now = false`` (``intense``, ``ascending``): "severe headaches" in a general question
+    does not read as someone having one, so the meningitis pattern it names is set aside."""
+    assert any(not m.reads_now and m.search(fold(text)) for m in SEVERITY.modifiers), text
+    found = _triage(triager, text)
+    assert not found.is_urgent, [r.id for r in found.reasons]
+
+
 def test_severity_needs_a_symptom_and_now() -> None:
     reader = Reader(fold("the queue at the clinic is not moving and it won't stop raining"), CATALOGUE)
     assert reader.severe_now(lambda unit: False) == []

@@ -103,6 +103,9 @@ class Modifier:
     condition_cancels: bool = False
     """A clause that says someone has a condition ("has severe pain from a nerve disease")
     cancels this modifier: a diagnosis, not an event."""
+    reads_now: bool = True
+    """On its own it makes a clause read as happening now ("won't stop", "getting worse"); False
+    for a description that a general question uses too ("what causes severe headaches")."""
 
     def search(self, text: str) -> re.Match[str] | None:
         for p in self.patterns:
@@ -133,6 +136,7 @@ class Severity:
                 tuple(m.get("counter_examples", [])),
                 bool(m.get("mild_cancels", False)),
                 bool(m.get("condition_cancels", False)),
+                bool(m.get("reads_now", True)),
             )
             for m in raw["modifier"]
         )
@@ -144,13 +148,18 @@ class Severity:
             tuple(symptoms.get("compound_heads", ())),
         )
 
-    def modifier(self, text: str, mild: re.Match[str] | None = None) -> tuple[Modifier, re.Match[str]] | None:
-        """The first modifier in ``text``; ``mild``: the text's mild wording, if any."""
+    def modifier(
+        self, text: str, mild: re.Match[str] | None = None, reading_now: bool = False
+    ) -> tuple[Modifier, re.Match[str]] | None:
+        """The first modifier in ``text``; ``mild``: the text's mild wording, if any;
+        ``reading_now``: only those that make a clause read as now (``Modifier.reads_now``)."""
         return next(
             (
                 (m, found)
                 for m in self.modifiers
-                if not (mild and m.mild_cancels) and (found := m.search(text))
+                if not (mild and m.mild_cancels)
+                and (m.reads_now or not reading_now)
+                and (found := m.search(text))
             ),
             None,
         )
@@ -259,7 +268,7 @@ class Reader:
         if strong and not (cat.past.search(body) and not cat.resolved_unless.search(body)):
             return NOW, Reason(id="triage.now", layer="pattern", detail=strong.group())
         if severity:
-            found = self.severity.modifier(c.text, cat.mild_wording.search(c.text))
+            found = self.severity.modifier(c.text, cat.mild_wording.search(c.text), reading_now=True)
             if found:
                 return NOW, Reason(id="triage.now", layer="pattern", detail=found[1].group())
         sentence = self.sentence_of(i)
