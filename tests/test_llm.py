@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,9 @@ from ivig_qa.engines.llm import models
 from ivig_qa.engines.llm.backends import LLMUnavailableError, LoadedModel
 from ivig_qa.engines.llm.engine import QUOTES_LABEL, LLMEngine
 from ivig_qa.engines.llm.parse import split_generated
-from ivig_qa.engines.llm.prompts import prompt_text
+from ivig_qa.engines.llm.prompts import SYSTEM_PROMPT, prompt_text
 from ivig_qa.engines.llm.verify import (
+    DECISIVE_OVERLAP,
     LLMSupportChecker,
     SupportJudge,
     entities,
@@ -143,6 +145,24 @@ def test_words_are_compared_by_stem_and_weighed_by_what_they_say() -> None:
     plain = "Many people often also have post-polio pain."
     assert word_share(plain, "pain in post-polio syndrome") <= 0.5
     assert word_share(plain, "pain in post-polio syndrome", weighted=True) > 0.6
+
+
+def test_the_prompts_worked_example_passes_the_verifier() -> None:
+    """The example answer shows the model what the verifier keeps: each sentence on its cited
+    quote's own words (no judge needed), and nothing of what the example question claims."""
+    example = SYSTEM_PROMPT.split("Example.", 1)[1]
+    quotes = dict(re.findall(r"^\[(\d+)\] (.+)$", example, re.MULTILINE))
+    question = re.search(r"^Question: (.+)$", example, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    answer = re.search(r"^Answer: (.+)$", example, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    sentences = split_generated(answer)
+    assert len(sentences) == len(quotes)
+    for sentence in sentences:
+        (cited,) = sentence.cites
+        quote = quotes[str(cited)]
+        assert lexical_problem(sentence.text, quote, 0.5) is None, sentence.text
+        assert word_share(sentence.text, quote) >= DECISIVE_OVERLAP, sentence.text
+    # The question's false claim ("every week") is not repeated: the answer is the quotes'.
+    assert lexical_problem(question, quotes["1"], 0.5) is not None
 
 
 # -- the engine with fake chat models -------------------------------------------------------------
