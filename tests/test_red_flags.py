@@ -173,3 +173,18 @@ def test_a_vector_already_computed_for_the_same_text_is_reused(layer: SemanticLa
     assert np.array_equal(same, given)
     assert not np.allclose(other, given)
     assert np.isclose(float(np.linalg.norm(other)), 1.0, atol=1e-3)  # a real (unit) embedding
+
+
+def test_a_sign_found_in_a_sentence_must_survive_without_its_condition_clause(assistant: Assistant) -> None:
+    """A resemblance found in a whole sentence ("foot" ~ "my foot has gone cold and pale") whose
+    body part is in a clause that says someone has a condition is re-read without that clause:
+    "tried nerve blocks, gabapentin, everything" resembles no red flag. A sign the other
+    clauses carry on their own stays urgent."""
+    story = (
+        "i have crps in my right foot since 2019 after a fracture, tried nerve blocks, gabapentin, everything"
+    )
+    found = assistant.triager.assess(story)
+    assert not found.is_urgent, [r.id for r in found.reasons]
+    assert {"urgent.limb_clot", "triage.condition"} <= {r.id for r in found.reasons}
+    now = "he has small fiber neuropathy, and tonight he cant catch his breath even sitting down"
+    assert assistant.triager.assess(now).is_urgent

@@ -225,6 +225,14 @@ class Triager:
         severe = reader.severe_now(symptomatic)
         return self._decide(reader, signs, severe, described)
 
+    def _still_fires(self, reader: Reader, clauses: set[int], concept_id: str) -> bool:
+        """The semantic layer finds the concept in ``clauses`` read together, without the rest."""
+        if self.semantic is None:
+            return True
+        text = " ".join(reader.clauses[i].text for i in sorted(clauses))
+        vectors = self.semantic.embed([text])
+        return any(hit.concept.id == concept_id for _, hit in self.semantic.firing([text], vectors))
+
     def _decide(
         self, reader: Reader, signs: dict[str, _Sign], severe: list[Reason], described: dict[int, float]
     ) -> Triage:
@@ -241,6 +249,10 @@ class Triager:
                 calm = {i for i in sign.carriers if reader.reassured(i)}
                 told = {i for i in sign.carriers if reader.condition(i)}
                 kept = sign.carriers - calm - told
+                if kept and (calm or told) and not self._still_fires(reader, kept, concept_id):
+                    # Found in a whole sentence: what is left once the condition or the all-clear
+                    # is set aside ("tried nerve blocks, gabapentin") must resemble it on its own.
+                    kept = set()
                 if not kept:
                     (reassured if calm else conditions).append(sign.reason)
                     continue
