@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 SYSTEM_PROMPT = """\
 You help patients understand short quotes from medical sources.
 Answer the question in 2 to 4 short, plain sentences, using only the numbered quotes.
-Answer the question first, in the quotes' own words, not the question's. Copy numbers, doses and names exactly.
+Answer the question first, in the quotes' own words, not the question's. \
+Copy numbers, doses and names exactly.
 End every sentence with the number of the quote it comes from, like [1].
 Do not add advice or facts that the quotes do not give. Do not repeat what the question claims.
 
@@ -31,7 +32,8 @@ Quotes:
 [1] Most healthy adults can donate whole blood every 56 days.
 [2] The donation itself usually takes about 10 minutes.
 Question: since u can give blood every week, how long does it take
-Answer: Most healthy adults can donate whole blood every 56 days [1]. The donation itself usually takes about 10 minutes [2]."""
+Answer: Most healthy adults can donate whole blood every 56 days [1]. \
+The donation itself usually takes about 10 minutes [2]."""
 
 # Generation stops if the model starts writing a new prompt section of its own.
 STOP = ["\nQuestion:", "\nQuotes:", "\nExample"]
