@@ -133,6 +133,8 @@ def test_lexical_problems(statement: str, problem: str | None) -> None:
         ("It lowers the overactive defences of people.", "term"),
         ("Renal and hepatic trouble can be eased when IVIG decreases overactivity.", "term"),
         ("Patients feel sleepy and hungry after vaccines.", "term"),
+        # A plural is as plain as its singular ("medicines" is rarer than "medicine"): the judge reads it.
+        ("Such medicines really help people, by decreasing overactivity.", None),
     ],
 )  # fmt: skip
 def test_paraphrases_keep_the_quotes_terms(statement: str, code: str | None) -> None:

@@ -181,10 +181,29 @@ def _word_counts() -> Mapping[str, int]:
     return english().word_frequency
 
 
+def _singulars(word: str) -> list[str]:
+    """The word and the singulars it may be the plural of ("medicines" → "medicine")."""
+    forms = [word]
+    if word.endswith("ies") and len(word) > 4:
+        forms.append(word[:-3] + "y")
+    if word.endswith("es") and len(word) > 3:
+        forms.append(word[:-2])
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        forms.append(word[:-1])
+    return forms
+
+
+def word_count(word: str) -> int:
+    """How common a word is in English, as its most common singular: a plural of a plain word
+    ("medicines", "jabs" is rarer than "jab") is as plain as the word."""
+    counts = _word_counts()
+    return max(counts[form] for form in _singulars(word))
+
+
 def information(word: str) -> float:
     """How much a word says, from its English frequency: 1.0 for a rare word, about
     0.25 for "people" or "may" (so paraphrased plain words weigh little, terms much)."""
-    return 1.0 / (1.0 + math.log10(1.0 + _word_counts()[word] / 1000))
+    return 1.0 / (1.0 + math.log10(1.0 + word_count(word) / 1000))
 
 
 def content_terms(text: str) -> dict[str, str]:
@@ -216,11 +235,10 @@ def word_share(statement: str, passage: str, weighted: bool = False) -> float:
 def missing_terms(statement: str, passage: str) -> list[str]:
     """The statement's rare words (terms) that the passage lacks (the treatment's names aside)."""
     found = content_terms(passage).keys() | _free_terms()
-    counts = _word_counts()
     return [
         word
         for stem, word in content_terms(statement).items()
-        if stem not in found and counts[word] < RARE_WORD_COUNT
+        if stem not in found and word_count(word) < RARE_WORD_COUNT
     ]
 
 
