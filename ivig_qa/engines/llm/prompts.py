@@ -17,8 +17,10 @@ if TYPE_CHECKING:
     from ivig_qa.engines.extractive import Candidate
 
 # Short and plain for a 1.5B model; the example shows the form (copy numbers, one [n] per
-# sentence, answer first) on a topic outside the corpus, so none of its facts can leak into an
-# answer unnoticed (the verifier would drop them anyway).
+# sentence, answer first, in the quotes' words and not the question's, its false claim not
+# repeated: what the verifier keeps) on a topic outside the corpus, so none of its facts can leak
+# into an answer unnoticed (the verifier would drop them anyway). A topic far from medicine
+# (tomatoes) did worse on every dev set.
 SYSTEM_PROMPT = """\
 You help patients understand short quotes from medical sources.
 Answer the question in 2 to 4 short, plain sentences, using only the numbered quotes.
