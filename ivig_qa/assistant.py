@@ -33,6 +33,7 @@ from ivig_qa.policy.language import other_language
 from ivig_qa.policy.normalise import correct_spelling, normalise
 from ivig_qa.policy.red_flags import Catalogue
 from ivig_qa.policy.scope import ScopeChecker
+from ivig_qa.policy.second_opinion import SecondOpinion
 from ivig_qa.policy.semantic import SemanticLayer, same_text
 from ivig_qa.policy.triage import Rules, Triager, has_injection, strip_injection
 from ivig_qa.retrieval import HybridRetriever, Retrieval, lay_words
@@ -89,6 +90,7 @@ class Assistant:
         key = f"{retriever.manifest.embedding_model}:{settings.index.query_encoder}"
         self.scope = ScopeChecker(retriever.vocabulary, lay_words(), encode, catalogue.words, cache, key)
         self.triager = Triager(catalogue, SemanticLayer(catalogue, encode, cache, key))
+        self.second_opinion = SecondOpinion.from_settings(settings)
         self.known_words = retriever.vocabulary.words | lay_words() | Rules.load().chat_words | STOPWORDS
         self.preferred_words = catalogue.words | retriever.vocabulary.words
         self.limits = InputLimits(
@@ -246,9 +248,12 @@ class Assistant:
             and same_text(semantic.core(query)) == same_text(query)
         ):
             known[query] = retrieval.query_vector  # the retrieval embedded this very text: reuse it
+        triage = self.triager.assess(triage_text, known, self._unreadable)
+        if self.second_opinion is not None:
+            triage = self.second_opinion.review(triage_text, triage)
         return Findings(
             message=triage_text,
-            triage=self.triager.assess(triage_text, known, self._unreadable),
+            triage=triage,
             coverage=self.scope.coverage(words),
             best_similarity=retrieval.best_similarity,
             injection=has_injection(clean),

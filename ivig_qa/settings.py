@@ -123,6 +123,15 @@ class PolicySettings(_Group):
     closest_passage_score: float = Field(0.30, description="Show the closest passage above this.")
 
     max_history_message_chars: int = Field(8000, ge=1, description="Longest history message the API accepts.")
+    second_opinion: Literal["auto", "llm", "off"] = Field(
+        "auto",
+        description="Ask the LLM whether a message telling of something happening now is an emergency "
+        "when triage finds no red flag (it can only make an answer urgent). auto: with answer.engine = "
+        "'llm'; llm: with either engine (needs the llm extra; ~1 s on such messages on 2 cores); off.",
+    )
+    second_opinion_wait_s: float = Field(
+        5.0, gt=0, description="Longest wait for a busy model: past it, triage stands alone (and says so)."
+    )
 
 
 class LLMSettings(_Group):

@@ -616,3 +616,19 @@ def test_real_model_through_the_eval_with_the_model_judge(real_assistant: Assist
     assert all(r.first_token_ms is not None and r.latency_ms for r in records)
     assert all(r.first_token_ms < r.latency_ms for r in records if r.first_token_ms and r.latency_ms)
     assert metrics.first_token_ms_median is not None
+
+
+def test_real_second_opinion_reads_its_examples_and_a_fresh_emergency(real_assistant: Assistant) -> None:
+    """The packaged model, asked as triage asks it, labels the prompt's worked examples as written,
+    calls a stroke told without any catalogue word urgent, and a mild symptom not."""
+    from ivig_qa.engines.llm.prompts import triage_examples
+    from ivig_qa.policy.second_opinion import SecondOpinion
+    from ivig_qa.policy.triage import pattern_triager
+
+    second = SecondOpinion(real_assistant.engine.model, wait_s=300)
+    for message, urgent in triage_examples():
+        assert second._ask(message) is urgent, message
+    stroke = "my mother seems not herself tonight, she cant find her words and her arm is heavy"
+    mild = "my daughter is a bit sleepy after her ivig today but eating fine"
+    assert second.review(stroke, pattern_triager().assess(stroke)).is_urgent
+    assert not second.review(mild, pattern_triager().assess(mild)).is_urgent

@@ -43,6 +43,11 @@ _ASKS = re.compile(
 )
 
 
+def asks(text: str) -> bool:
+    """``text`` is worded as a question (a question mark, or opening with a question word)."""
+    return bool(_ASKS.search(fold(text)))
+
+
 def question_part(message: str) -> str:
     """What a long message actually asks: its questions, or else its last two sentences.
 
@@ -128,7 +133,7 @@ class ScopeChecker:
     def coverage(self, question: str) -> Coverage:
         """Which subject words of what ``question`` asks the sources don't mention, part by part."""
         parts = question_parts(question_part(question))
-        parts = [p for p in parts if _ASKS.search(fold(p))] or parts  # statements are not asked
+        parts = [p for p in parts if asks(p)] or parts  # statements are not asked
         missing = [self.unknown_subjects(p, whole=False) for p in parts]
         for i in range(1, len(parts)):
             # "what is X's schedule and what side effects does it have": "it" is X, not IVIG,

@@ -95,6 +95,8 @@ class Triage:
     set_aside: tuple[Reason, ...]
     reading: str
     reading_reason: Reason
+    reviewed: tuple[Reason, ...] = ()
+    """What a second opinion said (``policy.second_opinion``), whatever it said."""
 
     @property
     def is_urgent(self) -> bool:
@@ -107,12 +109,12 @@ class Triage:
     @property
     def reasons(self) -> tuple[Reason, ...]:
         if self.urgent:
-            return (*self.urgent, self.reading_reason)
+            return (*self.urgent, self.reading_reason, *self.reviewed)
         if self.mild:
-            return (*self.mild, *self.set_aside, self.reading_reason)
+            return (*self.mild, *self.set_aside, self.reading_reason, *self.reviewed)
         if self.set_aside:
-            return (*self.set_aside, self.reading_reason)
-        return ()
+            return (*self.set_aside, self.reading_reason, *self.reviewed)
+        return self.reviewed
 
 
 @dataclass

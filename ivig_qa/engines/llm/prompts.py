@@ -1,4 +1,5 @@
-"""Every text sent to a model: the answer prompt over numbered quotes, the judge's, and doc2query's.
+"""Every text sent to a model: the answer prompt over numbered quotes, the judge's, doc2query's, and
+triage's second opinion.
 
 Only here are prompts worded; the engine and the judge build their messages with these functions.
 Every request opens with the same ``SYSTEM_PROMPT`` (instructions and one worked example), so
@@ -9,6 +10,7 @@ judge alike: only the quotes and the question are new tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from ivig_qa.text import collapse_space
@@ -44,6 +46,32 @@ JUDGE_USER = (
     "Check a sentence against a quote.\nQuote: {passage}\nSentence: {statement}\n"
     "Does the quote say everything the sentence says? Reply with one word: yes or no."
 )
+
+
+# Triage's second opinion (``ivig_qa.policy.second_opinion``): is the message an emergency now?
+# Its own system prompt, examples included, so llama.cpp keeps it evaluated between calls: only
+# the message is new. The examples are worded afresh (none is a set item or a catalogue
+# description); without them the 1.5B model called 45 of 83 non-urgent triage-set messages urgent
+# (AUC 0.86), with them 3 of 83 (AUC 0.98).
+TRIAGE_SYSTEM = """\
+Does the message describe an emergency happening now? Answer URGENT or OK.
+URGENT: someone has a serious, sudden, severe, spreading or worsening problem right now.
+OK: a question about treatment or side effects in general, a symptom that is over, or a mild symptom.
+
+Message: my chest is tight and i cant get my breath since the drip started
+Answer: URGENT
+Message: what side effects can ivig cause?
+Answer: OK
+Message: bit of a headache and tired today after my infusion
+Answer: OK
+Message: my son wont wake up properly and is really floppy
+Answer: URGENT
+Message: i had hives last year during an infusion, it settled
+Answer: OK
+Message: the rash is spreading up my arms and my face is swelling
+Answer: URGENT"""
+
+TRIAGE_USER = "Message: {message}"
 
 
 # doc2query (``ivig_qa.doc2query``): the questions each source sentence answers, generated once
@@ -113,4 +141,21 @@ def judge_messages(statement: str, passage: str) -> list:
     return [
         SystemMessage(SYSTEM_PROMPT),
         HumanMessage(JUDGE_USER.format(passage=collapse_space(passage), statement=statement)),
+    ]
+
+
+def triage_messages(message: str) -> list:
+    """The chat messages asking whether ``message`` describes an emergency now (URGENT or OK)."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    return [SystemMessage(TRIAGE_SYSTEM), HumanMessage(TRIAGE_USER.format(message=collapse_space(message)))]
+
+
+def triage_examples() -> list[tuple[str, bool]]:
+    """The second opinion's worked examples as (message, urgent), for the tests."""
+    lines = TRIAGE_SYSTEM.splitlines()
+    return [
+        (m.removeprefix("Message: "), a == "Answer: URGENT")
+        for m, a in pairwise(lines)
+        if m.startswith("Message: ")
     ]
