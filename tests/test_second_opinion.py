@@ -145,3 +145,32 @@ def test_the_prompts_examples_are_read_back_as_written() -> None:
     assert len(examples) >= 6 and {u for _, u in examples} == {True, False}
     message = triage_messages("my dad  is\nnot himself")[1].content
     assert message == "Message: my dad is not himself"
+
+
+def test_the_eval_report_keeps_the_second_opinions_reasons(assistant: Assistant, tmp_path) -> None:
+    import json
+
+    from ivig_qa.evaluation.checks import make_checker
+    from ivig_qa.evaluation.dataset import load_documents, load_set
+    from ivig_qa.evaluation.runner import run_evaluation
+
+    item = {
+        "id": "so-1",
+        "category": "emergency",
+        "question": "my husband is acting odd since the infusion",
+        "turns": [],
+        "expected_docs": [],
+        "evidence": [],
+        "must_include": [],
+        "expect": "urgent_care",
+    }
+    path = tmp_path / "set.jsonl"
+    path.write_text(json.dumps(item) + "\n", "utf-8")
+    a = Assistant(assistant.settings, assistant.store, assistant.retriever)
+    a.second_opinion = opinion("URGENT")
+    documents = load_documents(assistant.settings.index.corpus_dir)
+    report = run_evaluation(
+        a, load_set(path, documents), documents, set_file=path, checker=make_checker("verbatim")
+    )
+    record = report.records[0]
+    assert record.status == "urgent_care" and "urgent.second_opinion@llm" in record.reasons

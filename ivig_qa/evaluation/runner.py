@@ -363,7 +363,8 @@ class Evaluator:
             first_token_ms=answer.timings_ms.get("llm_first_token"),
             failures=[],
             concept=item.concept,
-            reasons=reason_labels([r for r in answer.reasons if r.layer != "llm"]),
+            # The policy's reasons (the second opinion's included); dropped sentences are in generation.
+            reasons=reason_labels([r for r in answer.reasons if not r.id.startswith("llm.dropped.")]),
             generation=generation_record(answer),
         )
         record.focus = score_focus(loaded, answer.answer, answer.citations, self.documents, self.contexts)
