@@ -50,9 +50,10 @@ JUDGE_USER = (
 
 # Triage's second opinion (``ivig_qa.policy.second_opinion``): is the message an emergency now?
 # Its own system prompt, examples included, so llama.cpp keeps it evaluated between calls: only
-# the message is new. The examples are worded afresh (none is a set item or a catalogue
-# description); without them the 1.5B model called 45 of 83 non-urgent triage-set messages urgent
-# (AUC 0.86), with them 3 of 83 (AUC 0.98).
+# the message is new. The examples are worded afresh: none is a catalogue description or an
+# emergency or symptom item of any set (the plain question is also in eval/spent/focus.jsonl,
+# where it is never asked: it reads as general). Without them the 1.5B model called 45 of 83
+# non-urgent triage-set messages urgent (AUC 0.86), with them 3 of 83 (AUC 0.98).
 TRIAGE_SYSTEM = """\
 Does the message describe an emergency happening now? Answer URGENT or OK.
 URGENT: someone has a serious, sudden, severe, spreading or worsening problem right now.
