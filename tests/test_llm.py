@@ -625,6 +625,7 @@ def test_real_second_opinion_reads_its_examples_and_a_fresh_emergency(real_assis
     from ivig_qa.policy.second_opinion import SecondOpinion
     from ivig_qa.policy.triage import pattern_triager
 
+    assert real_assistant.second_opinion is not None  # auto: asked beside the LLM engine
     second = SecondOpinion(real_assistant.engine.model, wait_s=300)
     for message, urgent in triage_examples():
         assert second._ask(message) is urgent, message
