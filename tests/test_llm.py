@@ -625,8 +625,12 @@ def test_real_second_opinion_reads_its_examples_and_a_fresh_emergency(real_assis
     from ivig_qa.policy.second_opinion import SecondOpinion
     from ivig_qa.policy.triage import pattern_triager
 
-    assert real_assistant.second_opinion is not None  # auto: asked beside the LLM engine
-    second = SecondOpinion(real_assistant.engine.model, wait_s=300)
+    second = real_assistant.second_opinion
+    assert second is not None  # auto: asked beside the LLM engine
+    # Its own llama.cpp context over the same weights: neither prompt evicts the other's cache.
+    assert second.model is not real_assistant.engine.model
+    assert second.model.chat.client.n_ctx() < real_assistant.engine.model.chat.client.n_ctx()
+    second = SecondOpinion(second.model, wait_s=300)
     for message, urgent in triage_examples():
         assert second._ask(message) is urgent, message
     stroke = "my mother seems not herself tonight, she cant find her words and her arm is heavy"

@@ -63,7 +63,18 @@ class SecondOpinion:
             return None
         from ivig_qa.engines.llm.backends import load_chat_model
 
-        return cls(load_chat_model(settings), settings.policy.second_opinion_wait_s)
+        second = cls(load_chat_model(settings, role="triage"), settings.policy.second_opinion_wait_s)
+        if settings.llm.backend == "llamacpp":  # a remote server keeps its own prompt cache
+            second.prime()
+        return second
+
+    def prime(self) -> None:
+        """Evaluate the prompt once at start-up (~2.5 s on 2 cores), so the first asked message
+        costs what every later one does (~0.4 s): only its own words are new to the model."""
+        try:
+            self._ask("hello")
+        except Exception as exc:  # a model that fails now is reported when a message is asked
+            log.warning("second opinion could not be primed (%s)", type(exc).__name__)
 
     def review(self, message: str, triage: Triage) -> Triage:
         """``triage``, made urgent when the model says so; unchanged (and saying why) otherwise."""

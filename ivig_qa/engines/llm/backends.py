@@ -88,14 +88,29 @@ def _model_key(settings: Settings) -> tuple:
     )
 
 
-def load_chat_model(settings: Settings) -> LoadedModel:
-    """The configured chat model (cached: the engine and the eval judge share one copy)."""
+TRIAGE_CONTEXT_TOKENS, TRIAGE_BATCH_TOKENS = 1024, 128
+"""The triage context: its prompt (~250 tokens) and a message of up to 2,000 characters, read in
+small batches (a message is a few dozen tokens; llama.cpp's buffers scale with the batch)."""
+
+
+def load_chat_model(settings: Settings, role: str = "answer") -> LoadedModel:
+    """The configured chat model (cached: the engine and the eval judge share one copy).
+
+    ``role = "triage"`` (the second opinion) gets a llama.cpp context of its own over the same
+    weights (memory-mapped, so shared): each context keeps its own prompt evaluated, where one
+    shared context would re-read the other's system prompt on every switch (~2.5 s each way on 2
+    cores), and a triage call need not wait for an answer being generated. A remote server is
+    shared as it is.
+    """
     require_extra(settings.llm.backend)
-    key = _model_key(settings)
+    own = role if settings.llm.backend == "llamacpp" else "answer"
+    key = (*_model_key(settings), own)
     with _LOADING:
         if key not in _LOADED:
             if settings.llm.backend == "openai":
                 _LOADED[key] = _openai_model(settings)
+            elif own == "triage":
+                _LOADED[key] = _llamacpp_model(settings, TRIAGE_CONTEXT_TOKENS, TRIAGE_BATCH_TOKENS)
             else:
                 _LOADED[key] = _llamacpp_model(settings)
         return _LOADED[key]
@@ -173,14 +188,14 @@ def llamacpp_chat(model_path: Path | str, **params: Any) -> BaseChatModel:
     )
 
 
-def _llamacpp_model(settings: Settings) -> LoadedModel:
+def _llamacpp_model(settings: Settings, n_ctx: int | None = None, n_batch: int = 512) -> LoadedModel:
     path = resolve_gguf(settings)
     try:
         chat = llamacpp_chat(
             path,
-            n_ctx=settings.llm.n_ctx,
+            n_ctx=n_ctx or settings.llm.n_ctx,
             n_threads=settings.llm.n_threads or os.cpu_count() or 2,
-            n_batch=512,
+            n_batch=n_batch,
             max_tokens=settings.llm.max_tokens,
             temperature=settings.llm.temperature,
             repeat_penalty=1.0,  # copying the sources' words and numbers is the point
