@@ -96,7 +96,7 @@ class SecondOpinion:
             return replace(triage, reviewed=(said,))
         urgent = Reason(id="urgent.second_opinion", layer="llm", detail=detail)
         now = Reason(id="triage.now", layer="llm", detail="the second opinion")
-        return Triage((urgent,), (), triage.set_aside, NOW, now, ())
+        return replace(triage, urgent=(urgent,), mild=(), reading=NOW, reading_reason=now)
 
     def _ask(self, message: str) -> bool | None:
         """True: urgent; False: not; None: the model stayed busy past the wait."""

@@ -182,7 +182,8 @@ def _word_counts() -> Mapping[str, int]:
 
 
 def _singulars(word: str) -> list[str]:
-    """The word and the singulars it may be the plural of ("medicines" → "medicine")."""
+    """The word and the singulars it may be the plural of ("medicines" → "medicine"), every
+    candidate: not ``text.stem``, whose one BM25 term is not always a word ("aches" → "ach")."""
     forms = [word]
     if word.endswith("ies") and len(word) > 4:
         forms.append(word[:-3] + "y")
