@@ -142,6 +142,19 @@ def test_paraphrases_keep_the_quotes_terms(statement: str, code: str | None) -> 
     assert (found is None) if code is None else (found is not None and found.code == code), found
 
 
+@pytest.mark.parametrize(
+    ("statement", "code"),
+    [
+        ("The studies used 1.3 to 2.0 grams per kilogram every 4 weeks.", None),
+        ("The studies used 1.3 to 2.0 milligrams per kilogram every 4 weeks.", "unit"),
+        ("The studies used 1.3 to 2.0 g/kg every 4 weeks.", None),
+    ],
+)
+def test_a_unit_spelled_out_is_its_abbreviation(statement: str, code: str | None) -> None:
+    found = lexical_problem(statement, "The study used the highest dose first (1.3–2.0 g/kg/4 weeks).", 0.5)
+    assert (found is None) if code is None else (found is not None and found.code == code), found
+
+
 def test_words_are_compared_by_stem_and_weighed_by_what_they_say() -> None:
     assert word_share("Headaches are uncommon.", "Severe headache = uncommon.") == 1.0
     plain = "Many people often also have post-polio pain."

@@ -1,4 +1,4 @@
-"""Checking a generated sentence against source text: numbers, time units, names, words, negation,
+"""Checking a generated sentence against source text: numbers, units, names, words, negation,
 then the model's own yes/no (``SupportJudge``); ``LLMSupportChecker`` is that check for the eval.
 
 Every refusal is a ``Problem``: the reason in words and a short ``code`` (``number``, ``unit``,
@@ -58,6 +58,17 @@ _UNIT = re.compile(
     re.IGNORECASE,
 )
 _UNIT_OF = {"daily": "day", "weekly": "week", "monthly": "month", "yearly": "year"}
+# Units of measure as the sources abbreviate them ("2 g/kg"): a plain answer spells them out
+# ("2 grams per kilogram"), the same unit; a different one ("milligrams") is a different dose.
+_UNIT_ABBREVIATION = {
+    **dict.fromkeys(("gram", "grams", "gramme", "grammes"), "g"),
+    **dict.fromkeys(("kilogram", "kilograms", "kilo", "kilos"), "kg"),
+    **dict.fromkeys(("milligram", "milligrams"), "mg"),
+    **dict.fromkeys(("microgram", "micrograms"), "mcg"),
+    **dict.fromkeys(("millilitre", "millilitres", "milliliter", "milliliters"), "ml"),
+}
+_MEASURES = sorted({*_UNIT_ABBREVIATION, *_UNIT_ABBREVIATION.values()}, key=len, reverse=True)
+_MEASURE = re.compile(r"(?<![A-Za-z])(?:" + "|".join(_MEASURES) + r")(?![A-Za-z])", re.IGNORECASE)
 # "100K" and "$5k" are thousands, "2M" millions: the sources write amounts both ways.
 _NUMBER = re.compile(
     r"\d+(?:,\d{3})*(?:\.\d+)?(?:[kKmM]\b)?|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE
@@ -96,11 +107,15 @@ def numbers(text: str) -> set[str]:
 
 
 def units(text: str) -> set[str]:
-    """Time units and frequencies, canonical ("weekly" = "week", "annually" = "year")."""
+    """Time units and frequencies, canonical ("weekly" = "week", "annually" = "year"), and units
+    of measure as their abbreviation ("milligrams" = "mg")."""
     out: set[str] = set()
     for m in _UNIT.finditer(text):
         word = next(g for g in m.groups() if g).lower()
         out.add(_UNIT_OF.get(word, "year" if word.startswith("annual") else word))
+    for m in _MEASURE.finditer(text):
+        word = m.group().lower()
+        out.add(_UNIT_ABBREVIATION.get(word, word))
     return out
 
 
@@ -135,7 +150,7 @@ class Problem(str):
 # What each code means, for the eval report's table of dropped sentences.
 PROBLEM_CODES = {
     "number": "a number the quote does not have",
-    "unit": "a time unit the quote does not have",
+    "unit": "a unit of time or measure the quote does not have",
     "name": "a name the quote does not have",
     "term": "a rare word (a term) the quote does not have",
     "overlap": "too few of its words are in the quote (weighted by how much each word says)",
@@ -148,7 +163,7 @@ PROBLEM_CODES = {
     "words": "over the summary's word limit",
 }
 # A sentence that has at least this share of its content words in the quote, with every number,
-# time unit and name and no added negation, is supported on its words alone: no judge call.
+# unit and name and no added negation, is supported on its words alone: no judge call.
 DECISIVE_OVERLAP = 0.85
 
 
@@ -209,11 +224,13 @@ def information(word: str) -> float:
 
 def content_terms(text: str) -> dict[str, str]:
     """Content words (no stop words) by Snowball stem, so "headaches" meets "headache" and
-    "decreasing" meets "decrease": stem → the word as written."""
+    "decreasing" meets "decrease", and a unit by its abbreviation ("grams" meets "g"): stem →
+    the word as written."""
     written = WORD.findall(text.lower().replace("’", "'"))
     parts = [part for w in written for part in w.removesuffix("'s").split("-") if part]  # post-polio
     words = [w for w in parts if w not in STOPWORDS and w.replace("'", "") not in STOPWORDS]
-    return dict(zip(_stemmer().stemWords(words), words, strict=True))
+    stems = _stemmer().stemWords([_UNIT_ABBREVIATION.get(w, w) for w in words])
+    return dict(zip(stems, words, strict=True))
 
 
 def word_share(statement: str, passage: str, weighted: bool = False) -> float:
@@ -250,7 +267,7 @@ def lexical_problem(statement: str, passage: str, min_overlap: float) -> Problem
         return Problem(f"number(s) not in the source: {', '.join(sorted(missing_numbers))}", "number")
     missing_units = units(statement) - units(passage)
     if missing_units:
-        return Problem(f"time unit(s) not in the source: {', '.join(sorted(missing_units))}", "unit")
+        return Problem(f"unit(s) not in the source: {', '.join(sorted(missing_units))}", "unit")
     low = passage.lower()
     missing = [e for e in entities(statement) if not _has_word(low, e)]
     if missing:
