@@ -643,6 +643,8 @@ def test_real_second_opinion_reads_its_examples_and_a_fresh_emergency(real_assis
     # Its own llama.cpp context over the same weights: neither prompt evicts the other's cache.
     assert second.model is not real_assistant.engine.model
     assert second.model.chat.client.n_ctx() < real_assistant.engine.model.chat.client.n_ctx()
+    # Qwen's tokenizer starts "URGENT" with "UR" and "OK" with "OK": one token tells them apart.
+    assert (second.reply_tokens, second.urgent_start) == (1, "UR")
     second = SecondOpinion(second.model, wait_s=300)
     for message, urgent in triage_examples():
         assert second._ask(message) is urgent, message

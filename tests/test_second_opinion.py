@@ -174,3 +174,34 @@ def test_the_eval_report_keeps_the_second_opinions_reasons(assistant: Assistant,
     )
     record = report.records[0]
     assert record.status == "urgent_care" and "urgent.second_opinion@llm" in record.reasons
+
+
+class Tokenizer:
+    """llama.cpp's tokenize/detokenize over a fixed vocabulary."""
+
+    def __init__(self, pieces: dict[bytes, list[bytes]]) -> None:
+        self.pieces = pieces
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[bytes]:
+        return self.pieces[text]
+
+    def detokenize(self, tokens: list[bytes]) -> bytes:
+        return b"".join(tokens)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "budget"),
+    [
+        ({b"URGENT": [b"UR", b"G", b"ENT"]}, (1, "UR")),  # Qwen: the first token decides
+        ({b"URGENT": [b"URGENT"]}, (1, "URGENT")),
+        ({b"URGENT": [b" ", b"URGENT"]}, (3, "UR")),  # a first token that says nothing
+        ({b"URGENT": [b"O", b"URGENT"]}, (3, "UR")),  # one that "OK" starts with too
+    ],
+)
+def test_one_token_is_asked_for_when_it_tells_urgent_from_ok(pieces: dict, budget: tuple) -> None:
+    from types import SimpleNamespace
+
+    from ivig_qa.policy.second_opinion import reply_budget
+
+    assert reply_budget(LoadedModel(SimpleNamespace(client=Tokenizer(pieces)), "fake")) == budget  # type: ignore[arg-type]
+    assert reply_budget(LoadedModel(Counting(responses=["OK"]), "fake")) == (3, "UR")  # a server's

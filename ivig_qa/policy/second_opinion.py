@@ -51,6 +51,7 @@ class SecondOpinion:
     def __init__(self, model: LoadedModel, wait_s: float) -> None:
         self.model = model
         self.wait_s = wait_s
+        self.reply_tokens, self.urgent_start = reply_budget(model)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecondOpinion | None:
@@ -107,8 +108,29 @@ class SecondOpinion:
         if acquire is not None and not acquire(timeout=self.wait_s):
             return None
         try:
-            reply = self.model.chat.invoke(triage_messages(message), max_tokens=3, temperature=0.0)
+            reply = self.model.chat.invoke(
+                triage_messages(message), max_tokens=self.reply_tokens, temperature=0.0
+            )
         finally:
             if acquire is not None:
                 lock.release()
-        return message_text(reply.content).strip().lstrip("\"'*").upper().startswith("UR")
+        return message_text(reply.content).strip().lstrip("\"'*").upper().startswith(self.urgent_start)
+
+
+def reply_budget(model: LoadedModel) -> tuple[int, str]:
+    """How many tokens the model may write, and what an urgent reply starts with.
+
+    A local model whose tokenizer starts "URGENT" and "OK" with different tokens needs one: the
+    verdict is in the first token, and each further one costs a decoding step (~70 ms on 2
+    cores). Otherwise (a remote server, whose tokenizer is not known here) three, and "UR".
+    """
+    tokenize = getattr(getattr(model.chat, "client", None), "tokenize", None)
+    if tokenize is not None:
+        try:
+            first = model.chat.client.detokenize(tokenize(b"URGENT", add_bos=False, special=False)[:1])
+            start = first.decode("utf-8", "replace").strip().upper()
+        except Exception:  # any odd tokenizer: the safe default
+            start = ""
+        if start and "URGENT".startswith(start) and not "OK".startswith(start):
+            return 1, start
+    return 3, "UR"
