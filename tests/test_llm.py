@@ -579,22 +579,29 @@ def test_real_model_streams_tokens(real_assistant: Assistant) -> None:
 
 
 def test_bench_measures_the_lead_then_the_summary(real_assistant: Assistant) -> None:
-    """`ivig-qa bench`'s LLM numbers, warm: the lead is on screen before the summary's first token."""
+    """`ivig-qa bench`'s LLM numbers, warm: the lead is on screen before the summary's first token;
+    a symptom told is read by the second opinion before its first visible text, and timed."""
     from ivig_qa.bench.llm import measure_llm
     from ivig_qa.bench.report import tables
     from ivig_qa.bench.runner import BenchReport, Environment
     from ivig_qa.bench.targets import check_targets
 
-    result = measure_llm(real_assistant.settings, ["for lupus pts how often do they hook u up to the drip"])
+    told = ["my arm is a little sore where the drip went in this morning"]
+    result = measure_llm(
+        real_assistant.settings, ["for lupus pts how often do they hook u up to the drip"], told=told
+    )
     assert result is not None and result.model.startswith("llm:")
     assert result.lead.n == result.summary_first_token.n == result.full.n == 1
     assert result.lead.median_ms < result.summary_first_token.median_ms < result.full.median_ms
+    assert result.told_first_text is not None and result.told_first_text.n == 1 and result.told_asked == 1
     report = BenchReport(
         Environment(2, 2, [0.0], [0.0], "3.11", "x", "now", 1.0), None, None, None, [], [], result
     )
     names = [c.name for c in check_targets(report)]
     assert any("first visible text" in n for n in names) and any("summary first token" in n for n in names)
-    assert any(t.title.startswith("LLM engine") for t in tables(report))
+    assert any("symptom told" in n for n in names)
+    llm_table = next(t for t in tables(report) if t.title.startswith("LLM engine"))
+    assert any("read by the second opinion" in row[0] for row in llm_table.rows)
 
 
 def test_llamacpp_chat_model_invokes_and_streams(real_assistant: Assistant) -> None:

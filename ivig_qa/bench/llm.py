@@ -1,5 +1,7 @@
 """The LLM engine's latency as a patient waits for it: first visible text (the lead), the
-summary's first token, and the full verified answer, warm, over a few answerable questions.
+summary's first token, and the full verified answer, warm, over a few answerable questions; and
+the first visible text of a few messages that tell of a symptom now, which the second opinion
+on urgency reads before anything is shown.
 
 Measured through ``Assistant.stream`` (what the SSE endpoint and the chat pull), in the bench's
 own process; skipped (``None``) when the ``llm`` extra or its model is not there.
@@ -14,11 +16,15 @@ from dataclasses import dataclass, field
 from ivig_qa.bench.measure import Stats
 from ivig_qa.settings import Settings
 
+SECOND_OPINION = ("second_opinion.", "urgent.second_opinion")  # the reasons it gives, asked
+
 
 @dataclass
 class LLMLatencyResult:
     """``lead``: the question sent → the lead on screen; ``summary_first_token``: → the summary's
-    first token; ``full``: → the final, verified answer. ``engines`` counts what answered."""
+    first token; ``full``: → the final, verified answer. ``engines`` counts what answered.
+    ``told_first_text``: a message telling of a symptom → its first visible text (the head or the
+    lead), after triage's second opinion; ``told_asked``: how many of them it was asked about."""
 
     model: str
     questions: int
@@ -27,11 +33,15 @@ class LLMLatencyResult:
     summary_first_token: Stats
     full: Stats
     engines: dict[str, int] = field(default_factory=dict)
+    told_first_text: Stats | None = None
+    told_asked: int = 0
 
 
-def measure_llm(settings: Settings, questions: list[str], rounds: int = 1) -> LLMLatencyResult | None:
-    """Warm LLM-engine latency over ``questions`` (one warm-up answer first), or None when the
-    LLM engine cannot run here."""
+def measure_llm(
+    settings: Settings, questions: list[str], rounds: int = 1, told: list[str] | None = None
+) -> LLMLatencyResult | None:
+    """Warm LLM-engine latency over ``questions`` (one warm-up answer first), and the first
+    visible text of the ``told`` messages; None when the LLM engine cannot run here."""
     from ivig_qa.assistant import Assistant
     from ivig_qa.engines.base import Lead
     from ivig_qa.engines.llm import LLMUnavailableError
@@ -65,6 +75,18 @@ def measure_llm(settings: Settings, questions: list[str], rounds: int = 1) -> LL
                 leads.append(led)
             if first is not None:
                 firsts.append(first)
+    told_firsts: list[float] = []
+    asked = 0
+    for message in told or []:
+        began = time.perf_counter()
+        shown = None
+        for piece in assistant.stream(message):
+            if shown is None and (isinstance(piece, Lead) or (isinstance(piece, str) and piece.strip())):
+                shown = (time.perf_counter() - began) * 1000
+            if isinstance(piece, Answer):
+                asked += any(r.id.startswith(SECOND_OPINION) for r in piece.reasons)
+        if shown is not None:
+            told_firsts.append(shown)
     return LLMLatencyResult(
         assistant.engine.name,
         len(questions),
@@ -73,6 +95,8 @@ def measure_llm(settings: Settings, questions: list[str], rounds: int = 1) -> LL
         Stats.of(firsts),
         Stats.of(fulls),
         dict(engines),
+        Stats.of(told_firsts) if told_firsts else None,
+        asked,
     )
 
 

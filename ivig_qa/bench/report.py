@@ -69,6 +69,10 @@ def _llm_table(llm: LLMLatencyResult) -> Table:
             ("full verified answer", llm.full),
         )
     ]
+    if llm.told_first_text is not None:
+        s = llm.told_first_text
+        name = f"first visible text, a symptom told ({llm.told_asked} read by the second opinion)"
+        rows.append([name, str(s.n), f"{s.median_ms:.0f}", f"{s.p90_ms:.0f}"])
     answered = ", ".join(f"{e}: {n}" for e, n in sorted(llm.engines.items()))
     title = f"LLM engine `{llm.model}`, warm, ms ({llm.questions} questions × {llm.rounds}; {answered})"
     return Table(title, ["from the question sent to", "n", "median", "p90"], rows)

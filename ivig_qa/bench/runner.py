@@ -67,6 +67,9 @@ class BenchConfig:
     # The LLM engine (when its extra is installed): a few answerable questions, warm; 0 = skip.
     llm_questions_file: Path = Path("eval/llm_questions.jsonl")
     llm_questions: int = 5
+    # …and a few messages telling of a mild symptom now (the second opinion reads them first).
+    llm_told_file: Path = Path("eval/triage.jsonl")
+    llm_told: int = 5
 
 
 def run_bench(settings: Settings, config: BenchConfig, step: Step = lambda _m: None) -> BenchReport:
@@ -96,8 +99,11 @@ def run_bench(settings: Settings, config: BenchConfig, step: Step = lambda _m: N
         llm = None
         if config.llm_questions > 0 and config.llm_questions_file.is_file():
             asked = load_questions(config.llm_questions_file)[: config.llm_questions]
-            step(f"LLM engine latency: {len(asked)} questions, warm")
-            llm = measure_llm(local, asked)
+            told = []
+            if config.llm_told > 0 and config.llm_told_file.is_file():
+                told = load_questions(config.llm_told_file, category="symptom")[: config.llm_told]
+            step(f"LLM engine latency: {len(asked)} questions and {len(told)} symptoms told, warm")
+            llm = measure_llm(local, asked, told=told)
         env = settings_env(local)
         step(f"cold start: {config.cold_runs} fresh processes")
         cold = measure_cold_start(env, config.cold_runs)
