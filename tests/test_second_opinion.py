@@ -205,3 +205,14 @@ def test_one_token_is_asked_for_when_it_tells_urgent_from_ok(pieces: dict, budge
 
     assert reply_budget(LoadedModel(SimpleNamespace(client=Tokenizer(pieces)), "fake")) == budget  # type: ignore[arg-type]
     assert reply_budget(LoadedModel(Counting(responses=["OK"]), "fake")) == (3, "UR")  # a server's
+
+
+def test_the_benchs_symptoms_told_are_read_by_the_second_opinion() -> None:
+    """`ivig-qa bench` times the first visible text of the catalogue's mild descriptions: each one
+    is a symptom told now, which the second opinion reads before anything is shown."""
+    from ivig_qa.bench.runner import mild_symptoms_told
+
+    told = mild_symptoms_told()
+    assert len(told) >= 5
+    triager = pattern_triager()
+    assert all(wanted(message, triager.assess(message)) for message in told), told

@@ -14,10 +14,10 @@ if TYPE_CHECKING:
     from ivig_qa.types import Chunk, SourceDocument
 
 
-def load_questions(path: Path, category: str | None = None) -> list[str]:
-    """The ``question`` field of every line of an evaluation set (of one ``category``: all)."""
-    items = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-    return [item["question"] for item in items if category is None or item.get("category") == category]
+def load_questions(path: Path) -> list[str]:
+    """The ``question`` field of every line of an evaluation set."""
+    lines = path.read_text("utf-8").splitlines()
+    return [json.loads(line)["question"] for line in lines if line.strip()]
 
 
 def corpus_chunks(corpus_dir: Path, settings: Settings) -> tuple[list[SourceDocument], list[Chunk]]:

@@ -68,7 +68,6 @@ class BenchConfig:
     llm_questions_file: Path = Path("eval/llm_questions.jsonl")
     llm_questions: int = 5
     # …and a few messages telling of a mild symptom now (the second opinion reads them first).
-    llm_told_file: Path = Path("eval/triage.jsonl")
     llm_told: int = 5
 
 
@@ -99,9 +98,7 @@ def run_bench(settings: Settings, config: BenchConfig, step: Step = lambda _m: N
         llm = None
         if config.llm_questions > 0 and config.llm_questions_file.is_file():
             asked = load_questions(config.llm_questions_file)[: config.llm_questions]
-            told = []
-            if config.llm_told > 0 and config.llm_told_file.is_file():
-                told = load_questions(config.llm_told_file, category="symptom")[: config.llm_told]
+            told = mild_symptoms_told()[: config.llm_told]
             step(f"LLM engine latency: {len(asked)} questions and {len(told)} symptoms told, warm")
             llm = measure_llm(local, asked, told=told)
         env = settings_env(local)
@@ -118,6 +115,14 @@ def run_bench(settings: Settings, config: BenchConfig, step: Step = lambda _m: N
     report = BenchReport(environment, latency, server, cold, builds, [], llm)
     report.targets = check_targets(report)
     return report
+
+
+def mild_symptoms_told() -> list[str]:
+    """One lay description per mild concept of the red-flag catalogue ("my arm is a bit tender
+    where the drip was"): a symptom told as happening now, which the second opinion reads."""
+    from ivig_qa.policy.red_flags import Catalogue
+
+    return [c.descriptions[0] for c in Catalogue.load().concepts if not c.urgent and c.descriptions]
 
 
 @contextmanager
