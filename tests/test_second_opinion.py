@@ -216,3 +216,33 @@ def test_the_benchs_symptoms_told_are_read_by_the_second_opinion() -> None:
     assert len(told) >= 5
     triager = pattern_triager()
     assert all(wanted(message, triager.assess(message)) for message in told), told
+
+
+class Budgeted(Counting):
+    """A fake model with Qwen's tokenizer that writes only as many tokens as it is allowed."""
+
+    client: object = Field(default_factory=lambda: Tokenizer({b"URGENT": [b"UR", b"G", b"ENT"]}))
+    pieces: list = Field(default_factory=list)  # the reply, token by token
+
+    def invoke(self, messages, *args, max_tokens: int = 99, **kwargs):  # type: ignore[override]
+        self.sent.append(max_tokens)
+        from langchain_core.messages import AIMessage
+
+        return AIMessage("".join(self.pieces[:max_tokens]))
+
+
+@pytest.mark.parametrize(
+    ("pieces", "urgent", "asked_for"),
+    [
+        (["UR", "G", "ENT"], True, [1]),
+        (["OK"], False, [1]),
+        (["**", "UR", "GENT**"], True, [1, 3]),  # a first token that is neither: read on
+        (["**", "OK", "**"], False, [1, 3]),
+    ],
+)
+def test_a_first_token_that_is_no_verdict_is_read_on(pieces: list, urgent: bool, asked_for: list) -> None:
+    model = Budgeted(responses=["unused"], pieces=pieces)
+    second = SecondOpinion(LoadedModel(model, "fake"), wait_s=5.0)
+    assert (second.reply_tokens, second.urgent_start) == (1, "UR")
+    assert second._ask("my arm is a bit sore where the drip was") is urgent
+    assert model.sent == asked_for

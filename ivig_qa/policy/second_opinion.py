@@ -107,14 +107,19 @@ class SecondOpinion:
         acquire = getattr(lock, "acquire", None)  # a remote server's lock never blocks
         if acquire is not None and not acquire(timeout=self.wait_s):
             return None
+
+        def reply(tokens: int) -> str:
+            said = self.model.chat.invoke(triage_messages(message), max_tokens=tokens, temperature=0.0)
+            return message_text(said.content).strip().lstrip("\"'*").upper()
+
         try:
-            reply = self.model.chat.invoke(
-                triage_messages(message), max_tokens=self.reply_tokens, temperature=0.0
-            )
+            said = reply(self.reply_tokens)
+            if self.reply_tokens < 3 and not said.startswith((self.urgent_start, "OK")):
+                said = reply(3)  # a first token that is neither ("**", a space): read on
         finally:
             if acquire is not None:
                 lock.release()
-        return message_text(reply.content).strip().lstrip("\"'*").upper().startswith(self.urgent_start)
+        return said.startswith(self.urgent_start) or said.startswith("UR")
 
 
 def reply_budget(model: LoadedModel) -> tuple[int, str]:
@@ -122,7 +127,8 @@ def reply_budget(model: LoadedModel) -> tuple[int, str]:
 
     A local model whose tokenizer starts "URGENT" and "OK" with different tokens needs one: the
     verdict is in the first token, and each further one costs a decoding step (~70 ms on 2
-    cores). Otherwise (a remote server, whose tokenizer is not known here) three, and "UR".
+    cores); a first token that is neither ("**") is read on to three (``_ask``). Otherwise (a
+    remote server, whose tokenizer is not known here) three, and "UR".
     """
     tokenize = getattr(getattr(model.chat, "client", None), "tokenize", None)
     if tokenize is not None:
