@@ -31,6 +31,7 @@ from ivig_qa.engines.llm.verify import (
     entities,
     lexical_problem,
     numbers,
+    units,
     word_share,
 )
 from ivig_qa.evaluation.checks import SUPPORT_CHECKERS, make_checker, split_statements
@@ -153,6 +154,11 @@ def test_paraphrases_keep_the_quotes_terms(statement: str, code: str | None) -> 
 def test_a_unit_spelled_out_is_its_abbreviation(statement: str, code: str | None) -> None:
     found = lexical_problem(statement, "The study used the highest dose first (1.3–2.0 g/kg/4 weeks).", 0.5)
     assert (found is None) if code is None else (found is not None and found.code == code), found
+
+
+def test_an_abbreviated_unit_follows_a_number() -> None:
+    assert units("400mg/kg, or 10 mL over 2 hours") == {"mg", "kg", "ml", "hour"}
+    assert units("e.g. small fibre neuropathy; Mg levels") == set()  # no gram, no milligram
 
 
 def test_words_are_compared_by_stem_and_weighed_by_what_they_say() -> None:

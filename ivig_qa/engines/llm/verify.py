@@ -67,8 +67,15 @@ _UNIT_ABBREVIATION = {
     **dict.fromkeys(("microgram", "micrograms"), "mcg"),
     **dict.fromkeys(("millilitre", "millilitres", "milliliter", "milliliters"), "ml"),
 }
-_MEASURES = sorted({*_UNIT_ABBREVIATION, *_UNIT_ABBREVIATION.values()}, key=len, reverse=True)
-_MEASURE = re.compile(r"(?<![A-Za-z])(?:" + "|".join(_MEASURES) + r")(?![A-Za-z])", re.IGNORECASE)
+# A spelled unit anywhere; an abbreviation only after a number or a slash ("2 g/kg", "400mg"), so
+# the "g" of "e.g." is none.
+_MEASURE = re.compile(
+    r"(?<![A-Za-z])(?:" + "|".join(sorted(_UNIT_ABBREVIATION, key=len, reverse=True)) + r")(?![A-Za-z])"
+    r"|(?:(?<=\d)|(?<=\d )|(?<=/))(?:"
+    + "|".join(sorted(set(_UNIT_ABBREVIATION.values()), key=len, reverse=True))
+    + r")(?![A-Za-z])",
+    re.IGNORECASE,
+)
 # "100K" and "$5k" are thousands, "2M" millions: the sources write amounts both ways.
 _NUMBER = re.compile(
     r"\d+(?:,\d{3})*(?:\.\d+)?(?:[kKmM]\b)?|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE
