@@ -130,10 +130,10 @@ def reply_budget(model: LoadedModel) -> tuple[int, str]:
     cores); a first token that is neither ("**") is read on to three (``_ask``). Otherwise (a
     remote server, whose tokenizer is not known here) three, and "UR".
     """
-    tokenize = getattr(getattr(model.chat, "client", None), "tokenize", None)
-    if tokenize is not None:
+    client = getattr(model.chat, "client", None)  # llama.cpp's Llama, with its tokenizer
+    if hasattr(client, "tokenize"):
         try:
-            first = model.chat.client.detokenize(tokenize(b"URGENT", add_bos=False, special=False)[:1])
+            first = client.detokenize(client.tokenize(b"URGENT", add_bos=False, special=False)[:1])
             start = first.decode("utf-8", "replace").strip().upper()
         except Exception:  # any odd tokenizer: the safe default
             start = ""

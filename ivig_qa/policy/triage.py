@@ -109,12 +109,12 @@ class Triage:
     @property
     def reasons(self) -> tuple[Reason, ...]:
         if self.urgent:
-            return (*self.urgent, self.reading_reason, *self.reviewed)
-        if self.mild:
-            return (*self.mild, *self.set_aside, self.reading_reason, *self.reviewed)
-        if self.set_aside:
-            return (*self.set_aside, self.reading_reason, *self.reviewed)
-        return self.reviewed
+            found = (*self.urgent, self.reading_reason)
+        elif self.mild or self.set_aside:
+            found = (*self.mild, *self.set_aside, self.reading_reason)
+        else:
+            found = ()
+        return (*found, *self.reviewed)
 
 
 @dataclass
