@@ -35,7 +35,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -245,6 +245,24 @@ class IndexStore:
             )
             self._stores[key] = store
         return store
+
+    def nearest(self, kind: str, version: str, vector: Sequence[float], k: int) -> list[tuple[str, float]]:
+        """The ids and cosine similarities of one collection's ``k`` records nearest ``vector``,
+        best first.
+
+        Distances only: retrieval keeps every chunk in memory, and reading the texts and metadata
+        back with each hit (LangChain's ``similarity_search_by_vector_with_relevance_scores``)
+        cost ~4 of a warm answer's ~33 ms. The query goes to the same Chroma collection.
+        """
+        collection = self.vectorstore(kind, version)._collection  # the chromadb Collection
+        got = collection.query(query_embeddings=[list(vector)], n_results=k, include=["distances"])
+        distances = (got["distances"] or [[]])[0]
+        return [(i, 1.0 - float(d)) for i, d in zip(got["ids"][0], distances, strict=True)]
+
+    def sentence_chunks(self, version: str) -> dict[str, str]:
+        """Each stored sentence's chunk (the first chunk it appears in, as the build stored it)."""
+        got = self.vectorstore("sentences", version).get(include=["metadatas"])
+        return {i: str(m["chunk_id"]) for i, m in zip(got["ids"], got["metadatas"] or [], strict=True)}
 
     def ping(self) -> None:
         """Raise ``IndexUnavailableError`` unless the index answers now (the health check)."""

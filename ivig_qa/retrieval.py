@@ -237,6 +237,8 @@ class HybridRetriever(BaseRetriever):
     expander: QueryExpander
     vocabulary: Vocabulary
     sources: dict[str, dict[str, str]]
+    sentence_chunks: dict[str, str]
+    """Each indexed sentence's chunk id, so a sentence hit needs nothing but its id."""
     _sentence_vectors: dict[str, np.ndarray] = PrivateAttr(default_factory=dict)
 
     @classmethod
@@ -255,26 +257,22 @@ class HybridRetriever(BaseRetriever):
             expander=QueryExpander(store.settings.retrieval.lay_terms_file),
             vocabulary=Vocabulary([c.context_text() for c in chunks]),
             sources=_source_metadata(records.get("metadatas") or []),
+            sentence_chunks=store.sentence_chunks(manifest.version),
         )
 
     # -- the three rankings --------------------------------------------------------------
     def _dense_chunks(self, vector: list[float]) -> tuple[list[str], dict[str, float]]:
-        col = self.store.vectorstore("chunks", self.manifest.version)
-        hits = col.similarity_search_by_vector_with_relevance_scores(
-            vector, k=self.settings.retrieval.k_dense
-        )
-        ids = [str(doc.id) for doc, _ in hits]
-        return ids, {str(doc.id): 1.0 - float(dist) for doc, dist in hits}
+        hits = self.store.nearest("chunks", self.manifest.version, vector, self.settings.retrieval.k_dense)
+        return [i for i, _ in hits], dict(hits)
 
     def _dense_sentences(self, vector: list[float]) -> dict[str, float]:
         """Each chunk's best sentence similarity, in rank order."""
-        col = self.store.vectorstore("sentences", self.manifest.version)
-        hits = col.similarity_search_by_vector_with_relevance_scores(
-            vector, k=self.settings.retrieval.k_sentences
-        )
+        k = self.settings.retrieval.k_sentences
         best_in_chunk: dict[str, float] = {}
-        for doc, dist in hits:
-            best_in_chunk.setdefault(str(doc.metadata["chunk_id"]), 1.0 - float(dist))
+        for sentence_id, similarity in self.store.nearest("sentences", self.manifest.version, vector, k):
+            chunk_id = self.sentence_chunks.get(sentence_id)
+            if chunk_id is not None:
+                best_in_chunk.setdefault(chunk_id, similarity)
         return best_in_chunk
 
     def _lexical(self, query: str) -> list[str]:
