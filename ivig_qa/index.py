@@ -252,7 +252,8 @@ class IndexStore:
 
         Distances only: retrieval keeps every chunk in memory, and reading the texts and metadata
         back with each hit (LangChain's ``similarity_search_by_vector_with_relevance_scores``)
-        cost ~4 of a warm answer's ~33 ms. The query goes to the same Chroma collection.
+        took the two dense queries from 1.7 and 1.1 ms to 4.3 and 2.9 ms (timed alone on a busy
+        machine); a warm answer gains 1–3 ms. The query goes to the same Chroma collection.
         """
         collection = self.vectorstore(kind, version)._collection  # the chromadb Collection
         got = collection.query(query_embeddings=[list(vector)], n_results=k, include=["distances"])
