@@ -261,7 +261,12 @@ class IndexStore:
         return [(i, 1.0 - float(d)) for i, d in zip(got["ids"][0], distances, strict=True)]
 
     def sentence_chunks(self, version: str) -> dict[str, str]:
-        """Each stored sentence's chunk (the first chunk it appears in, as the build stored it)."""
+        """Each stored sentence's chunk (the first chunk it appears in, as the build stored it).
+
+        Read from the index, not derived from the chunks in memory: a sentence that two
+        overlapping chunks share belongs to the one the build met first, which only the stored
+        metadata records (an incremental build copies documents in another order).
+        """
         got = self.vectorstore("sentences", version).get(include=["metadatas"])
         return {i: str(m["chunk_id"]) for i, m in zip(got["ids"], got["metadatas"] or [], strict=True)}
 
