@@ -264,8 +264,8 @@ class IndexStore:
         """Each stored sentence's chunk (the first chunk it appears in, as the build stored it).
 
         Read from the index, not derived from the chunks in memory: a sentence that two
-        overlapping chunks share belongs to the one the build met first, which only the stored
-        metadata records (an incremental build copies documents in another order).
+        overlapping chunks share belongs to the one the build met first, which the stored
+        metadata records; retrieval then credits the same chunk as the build did.
         """
         got = self.vectorstore("sentences", version).get(include=["metadatas"])
         return {i: str(m["chunk_id"]) for i, m in zip(got["ids"], got["metadatas"] or [], strict=True)}
