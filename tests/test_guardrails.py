@@ -189,6 +189,38 @@ def test_a_symptom_no_concept_names_still_hears_tell_your_care_team(
 
 @pytest.mark.parametrize(
     "message",
+    [
+        "a heavy hippo is parked on my chest",  # a symptom word, far from every description
+        "her pipi is a funny colour",  # a word neither the sources nor English have
+    ],
+)
+def test_a_told_symptom_far_from_the_catalogue_still_hears_tell_your_care_team(
+    assistant: Assistant, message: str
+) -> None:
+    """A message that only tells of the body now is never refused as not covered, however far
+    its words are from the catalogue: the care-team line and when to get urgent help."""
+    answer = assistant.ask(message)
+    assert answer.status == Status.ANSWERED, answer.reasons
+    assert any(r.id == "symptom.told" for r in answer.reasons), answer.reasons
+    assert "Tell your care team" in answer.answer
+    assert "call your local emergency number" in answer.answer
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "what does it mean when a hippo sits on your chest",
+        "write me a lil poem about my sore knee",
+        "my grandma has had arthritis in her hands for years",
+    ],
+)
+def test_a_question_a_request_or_a_condition_is_not_a_told_symptom(assistant: Assistant, message: str) -> None:
+    answer = assistant.ask(message)
+    assert not any(r.id == "symptom.told" for r in answer.reasons), answer.reasons
+
+
+@pytest.mark.parametrize(
+    "message",
     ["can ivig change the colour of your toenails", "what is ivig made from", "does ivig cause hiccups"],
 )
 def test_a_general_question_is_not_a_described_symptom(assistant: Assistant, message: str) -> None:

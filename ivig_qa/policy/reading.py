@@ -44,6 +44,12 @@ _SUBJECT = re.compile(
     r"\w+'s)\b"
 )
 _NEGATED = re.compile(r"\b(not|no|never|n't|isnt|arent|wasnt)\W+(\w+\W+)?$")
+# A clause that asks: a question word, an auxiliary or a request first.
+_QUESTION = re.compile(
+    r"^\W*(what|whats|which|when|where|why|how|who|whom|whose|can|could|is|are|am|does|do|did|will|"
+    r"would|should|shall|may|might|must|has|have|was|were|any|write|tell|give|explain|list|"
+    r"describe|show|compare|recommend|suggest|help|please)\b"
+)
 _HAS = re.compile(r"\b(has|have|had|with|got)\b")
 _CONDITIONAL = re.compile(r"\b(if|in case|whether|what if)\b.*$")
 _RIGHT_NOW = re.compile(r"\b(right now|currently|at the moment|as we speak|still)\b")
@@ -246,6 +252,11 @@ class Reader:
             text = f"{text} {self.clauses[j].text}"
             j += 1
         return text
+
+    def tells(self) -> bool:
+        """The message only tells: no question mark, and no sentence or clause opens with a
+        question word, an auxiliary or a request ("write me…", "tell me…")."""
+        return "?" not in self.text and not any(_QUESTION.search(c.text) for c in self.clauses)
 
     def reassured(self, i: int) -> bool:
         """Clause ``i`` itself states that something is normal ("eating fine", "peeing normal amounts")."""

@@ -6,6 +6,8 @@
   general question (and nobody is described having it now) or as a past symptom that resolved:
   when unsure, urgency wins.
 * mild — a symptom someone has now that is not a red flag: answered, with "tell your care team";
+  also a clause close to any description (``symptom.described``), or, in a message that only
+  tells, a clause naming a symptom word or a word nobody can read (``symptom.told``);
 * personal — the user asks what they (or someone in their care) should take, skip, stop, dose…;
 * injection — a request to change the assistant's rules: that part is ignored, and noted.
 
@@ -15,7 +17,7 @@ Rules live in ``data/triage.toml`` and ``data/red_flags.toml`` so clinicians can
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import cache
 
@@ -225,7 +227,21 @@ class Triager:
             return unreadable is not None and any(unreadable(reader.clauses[i].text) for i in unit)
 
         severe = reader.severe_now(symptomatic)
-        return self._decide(reader, signs, severe, described)
+        # A clause that tells (is not a question) of a symptom word or a word nobody can read,
+        # now, is a described symptom however far its words are from the catalogue: "tell your
+        # care team", never "not covered" ("an elephant sitting on my chest", "no pipi since
+        # yesterday").
+        tells = reader.tells()
+        told = {
+            i
+            for i, c in enumerate(reader.clauses)
+            if tells
+            and i not in described
+            and not reader.condition(i)
+            and not reader.reassured(i)
+            and (self.severity.names_symptom(c.text) or (unreadable is not None and unreadable(c.text)))
+        }
+        return self._decide(reader, signs, severe, described, told)
 
     def _still_fires(self, reader: Reader, clauses: set[int], concept_id: str) -> bool:
         """The semantic layer finds the concept in ``clauses`` read together, without the rest."""
@@ -236,7 +252,12 @@ class Triager:
         return any(hit.concept.id == concept_id for _, hit in self.semantic.firing([text], vectors))
 
     def _decide(
-        self, reader: Reader, signs: dict[str, _Sign], severe: list[Reason], described: dict[int, float]
+        self,
+        reader: Reader,
+        signs: dict[str, _Sign],
+        severe: list[Reason],
+        described: dict[int, float],
+        told: Collection[int] = (),
     ) -> Triage:
         """Urgent when a red flag or a severe symptom is carried by a clause that reads as now;
         mild for a mild concept now, or a clause describing the body now (``described``)."""
@@ -327,6 +348,9 @@ class Triager:
                         detail=reader.clauses[i].text,
                     )
                 ]
+            elif told_now := [i for i in sorted(told) if reader.clause(i)[0] not in SET_ASIDE]:
+                detail = reader.clauses[told_now[0]].text
+                mild_now = [Reason(id="symptom.told", layer="pattern", detail=detail)]
         if conditions:
             aside += [*conditions, Reason(id="triage.condition", layer="pattern")]
         aside_reads = [read for s, read in red if read[0] in SET_ASIDE]
