@@ -266,10 +266,12 @@ class Assistant:
         return bool(self.scope.unknown_subjects(clause, whole=False))
 
     def _shows_quotes(self, decision: Decision, retrieval: Retrieval) -> bool:
-        """Quotes back every answer but an out-of-scope one, or a symptom the sources are not
-        close to, with nothing close enough to show (and a reply to a message in another
-        language, which retrieval cannot read)."""
-        distant = decision.symptom == "mild" and retrieval.best_similarity < self.thresholds.min_support_score
+        """Quotes back every answer but an out-of-scope one, or a symptom (mild or urgent) the
+        sources are not close to, with nothing close enough to show (and a reply to a message
+        in another language, which retrieval cannot read). An emergency the sources say nothing
+        about gets its instructions alone, not "for reference" quotes about something else."""
+        symptom = decision.symptom == "mild" or decision.status == Status.URGENT_CARE
+        distant = symptom and retrieval.best_similarity < self.thresholds.min_support_score
         if decision.status != Status.NOT_IN_SOURCES and not distant:
             return True
         if decision.language:

@@ -187,6 +187,39 @@ def test_a_symptom_no_concept_names_still_hears_tell_your_care_team(
     assert "don't cover this" not in answer.answer
 
 
+def test_urgent_answer_quotes_the_sources_only_when_they_are_close(assistant: Assistant) -> None:
+    """An emergency the sources are close to shows what they say; one they say nothing about
+    gets the instructions alone, not "for reference" quotes about something else."""
+    close = assistant.ask("my dad had his ivig this morning, now his leg is red, swollen and painful")
+    assert close.status == Status.URGENT_CARE and close.citations, close.reasons
+    assert "For reference, what the sources say:" in close.answer
+    distant = assistant.ask("my lips are swelling up")
+    assert distant.status == Status.URGENT_CARE, distant.reasons
+    assert not distant.citations and "For reference" not in distant.answer
+    assert "emergency number" in distant.answer and distant.disclaimer == DISCLAIMER
+
+
+@pytest.mark.parametrize(
+    ("message", "line"),
+    [
+        ("I keep having thoughts of ending it all", "988"),
+        ("he said he wants to kill himself", "116 123"),
+        ("my toddler swallowed a button battery", "poison control"),
+    ],
+)
+def test_an_urgent_concept_with_lines_of_its_own_adds_them(
+    assistant: Assistant, message: str, line: str
+) -> None:
+    """Thoughts of suicide add a crisis line, something swallowed poison control
+    (``data/responses.toml`` [urgent_for]); other emergencies get neither."""
+    answer = assistant.ask(message)
+    assert answer.status == Status.URGENT_CARE, answer.reasons
+    assert line in answer.answer
+    assert answer.answer.startswith("**This could be an emergency. Act now:**")
+    other = assistant.ask("my throat is swelling during the infusion").answer
+    assert "988" not in other and "poison control" not in other
+
+
 @pytest.mark.parametrize(
     "message",
     [
@@ -214,7 +247,9 @@ def test_a_told_symptom_far_from_the_catalogue_still_hears_tell_your_care_team(
         "my grandma has had arthritis in her hands for years",
     ],
 )
-def test_a_question_a_request_or_a_condition_is_not_a_told_symptom(assistant: Assistant, message: str) -> None:
+def test_a_question_a_request_or_a_condition_is_not_a_told_symptom(
+    assistant: Assistant, message: str
+) -> None:
     answer = assistant.ask(message)
     assert not any(r.id == "symptom.told" for r in answer.reasons), answer.reasons
 

@@ -97,7 +97,10 @@ def frame(
     ``quoted``: the answer shows quotes (a symptom the sources are not close to shows none)."""
     r = responses()
     if decision.status == Status.URGENT_CARE:
-        return Frame(r["urgent"], f"\n\n{r['urgent_sources']}\n")
+        # A concept with lines of its own (a crisis line, poison control) adds them, once each.
+        fired = dict.fromkeys(x.id.removeprefix("urgent.") for x in decision.reasons)
+        extra = [r["urgent_for"][c] for c in fired if c in r["urgent_for"]]
+        return Frame("\n".join([r["urgent"], *extra]), f"\n\n{r['urgent_sources']}\n")
     if decision.status == Status.PERSONAL_ADVICE:
         asks = "\n".join(f"- {q}" for q in care_team_questions(message))
         return Frame(r["personal"], "\n\n", f"\n\n{r['personal_ask']}\n{asks}")
