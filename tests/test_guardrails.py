@@ -255,6 +255,14 @@ def test_a_question_a_request_or_a_condition_is_not_a_told_symptom(
 
 
 @pytest.mark.parametrize(
+    "message", ["my husband has heart failure, can he have ivig", "my son has a kidney condition, is ivig ok"]
+)
+def test_a_clause_naming_a_condition_is_not_a_described_symptom(assistant: Assistant, message: str) -> None:
+    answer = assistant.ask(message)
+    assert not any(r.id.startswith("symptom.") for r in answer.reasons), answer.reasons
+
+
+@pytest.mark.parametrize(
     "message",
     ["can ivig change the colour of your toenails", "what is ivig made from", "does ivig cause hiccups"],
 )

@@ -337,7 +337,12 @@ class Triager:
         if worded and not mild_now:
             mild_now = [Reason(id="symptom.mild_worded", layer="pattern", detail=worded[0].detail)]
         if not mild_now and not signs:
-            now = [(sim, i) for i, sim in described.items() if reader.clause(i)[0] not in SET_ASIDE]
+            # A clause saying someone has a condition ("has heart failure") describes no symptom.
+            now = [
+                (sim, i)
+                for i, sim in described.items()
+                if reader.clause(i)[0] not in SET_ASIDE and not reader.condition(i)
+            ]
             if now:
                 sim, i = max(now)
                 mild_now = [
