@@ -14,7 +14,7 @@ import importlib
 import pkgutil
 from functools import cache
 
-from ivig_qa.formats.base import Extracted, Format, FormatError
+from ivig_qa.formats.base import Extracted, Format, FormatError, Furniture
 
 __all__ = ["Extracted", "Format", "FormatError", "fingerprint", "for_suffix", "registry", "suffixes"]
 
@@ -45,6 +45,9 @@ def suffixes() -> list[str]:
 
 
 def fingerprint() -> str:
-    """Changes whenever any reader would extract different text (its version or its library's)."""
-    raw = ";".join(f"{s}={f.name}:{f.version}" for s, f in sorted(registry().items()))
+    """Changes whenever any reader would extract different text (its version or its library's)
+    or the furniture rules every reader applies change (``data/furniture.toml``)."""
+    rules = Furniture.load()
+    furniture = "|".join(p.pattern for p in (*rules.lines, *rules.trailers))
+    raw = ";".join(f"{s}={f.name}:{f.version}" for s, f in sorted(registry().items())) + furniture
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
