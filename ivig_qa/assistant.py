@@ -38,7 +38,7 @@ from ivig_qa.policy.semantic import SemanticLayer, same_text
 from ivig_qa.policy.triage import Rules, Triager, has_injection, strip_injection
 from ivig_qa.retrieval import HybridRetriever, Retrieval, lay_words
 from ivig_qa.settings import Settings
-from ivig_qa.text import STOPWORDS, strip_markup
+from ivig_qa.text import STOPWORDS, WORD, english, fold, strip_markup
 from ivig_qa.types import Answer, Decision, Message, Reason, Status
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ class Assistant:
             and same_text(semantic.core(query)) == same_text(query)
         ):
             known[query] = retrieval.query_vector  # the retrieval embedded this very text: reuse it
-        triage = self.triager.assess(triage_text, known, self._unreadable)
+        triage = self.triager.assess(triage_text, known, self._unreadable, self._nonword)
         if self.second_opinion is not None:
             triage = self.second_opinion.review(triage_text, triage)
         return Findings(
@@ -264,6 +264,14 @@ class Assistant:
     def _unreadable(self, clause: str) -> bool:
         """A word of ``clause`` that neither the sources nor everyday English have."""
         return bool(self.scope.unknown_subjects(clause, whole=False))
+
+    def _nonword(self, clause: str) -> bool:
+        """A word of ``clause`` that neither the sources nor any English word list has ("pipi")."""
+        counts = english().word_frequency
+        return any(
+            len(w) >= 3 and w.isalpha() and counts[w] == 0 and w not in self.known_words
+            for w in WORD.findall(fold(clause))
+        )
 
     def _shows_quotes(self, decision: Decision, retrieval: Retrieval) -> bool:
         """Quotes back every answer but an out-of-scope one, or a symptom (mild or urgent) the

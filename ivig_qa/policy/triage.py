@@ -164,12 +164,15 @@ class Triager:
         text: str,
         known: Mapping[str, np.ndarray] | None = None,
         unreadable: Callable[[str], bool] | None = None,
+        nonword: Callable[[str], bool] | None = None,
     ) -> Triage:
         """Triage of ``text`` (normalised; spelling corrected). ``known``: vectors already computed
         (core text → vector), reused instead of embedding again. ``unreadable(clause)``: the
         clause has a word neither the sources nor English have (a typo, slang, another language);
         with a severity modifier told as now, such a clause is taken to name a symptom: urgency
-        is not missed because a word could not be read ("no pipi since yesterday")."""
+        is not missed because a word could not be read ("no pipi since yesterday").
+        ``nonword(clause)``: the clause has a word no English word list has either ("pipi"):
+        in a message that only tells, such a clause is a described symptom."""
         folded = fold(text)
         reader = Reader(folded, self.catalogue, self.severity)
         signs: dict[str, _Sign] = {}
@@ -239,7 +242,7 @@ class Triager:
             and i not in described
             and not reader.condition(i)
             and not reader.reassured(i)
-            and (self.severity.names_symptom(c.text) or (unreadable is not None and unreadable(c.text)))
+            and (self.severity.names_symptom(c.text) or (nonword is not None and nonword(c.text)))
         }
         return self._decide(reader, signs, severe, described, told)
 
