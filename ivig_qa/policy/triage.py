@@ -263,7 +263,8 @@ class Triager:
         told: Collection[int] = (),
     ) -> Triage:
         """Urgent when a red flag or a severe symptom is carried by a clause that reads as now;
-        mild for a mild concept now, or a clause describing the body now (``described``)."""
+        mild for a mild concept now, or a clause describing the body now (``described``; else
+        one of ``told``: a symptom word or a non-word in a message that only tells)."""
         red: list[tuple[_Sign, tuple[str, Reason]]] = []
         mild: list[tuple[_Sign, tuple[str, Reason]]] = []
         reassured: list[Reason] = []

@@ -98,7 +98,9 @@ def frame(
     r = responses()
     if decision.status == Status.URGENT_CARE:
         # A concept with lines of its own (a crisis line, poison control) adds them, once each.
-        fired = dict.fromkeys(x.id.removeprefix("urgent.") for x in decision.reasons)
+        fired = dict.fromkeys(
+            x.id.removeprefix("urgent.") for x in decision.reasons if x.id.startswith("urgent.")
+        )
         extra = [r["urgent_for"][c] for c in fired if c in r["urgent_for"]]
         return Frame("\n".join([r["urgent"], *extra]), f"\n\n{r['urgent_sources']}\n")
     if decision.status == Status.PERSONAL_ADVICE:
