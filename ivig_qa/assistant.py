@@ -29,7 +29,7 @@ from ivig_qa.policy import (
     frame,
 )
 from ivig_qa.policy.decide import Findings
-from ivig_qa.policy.language import other_language
+from ivig_qa.policy.language import is_english, other_language
 from ivig_qa.policy.normalise import correct_spelling, normalise
 from ivig_qa.policy.red_flags import Catalogue
 from ivig_qa.policy.scope import ScopeChecker
@@ -38,7 +38,7 @@ from ivig_qa.policy.semantic import SemanticLayer, same_text
 from ivig_qa.policy.triage import Rules, Triager, has_injection, strip_injection
 from ivig_qa.retrieval import HybridRetriever, Retrieval, lay_words
 from ivig_qa.settings import Settings
-from ivig_qa.text import STOPWORDS, WORD, english, fold, strip_markup
+from ivig_qa.text import STOPWORDS, WORD, fold, strip_markup
 from ivig_qa.types import Answer, Decision, Message, Reason, Status
 
 if TYPE_CHECKING:
@@ -267,11 +267,7 @@ class Assistant:
 
     def _nonword(self, clause: str) -> bool:
         """A word of ``clause`` that neither the sources nor any English word list has ("pipi")."""
-        counts = english().word_frequency
-        return any(
-            len(w) >= 3 and w.isalpha() and counts[w] == 0 and w not in self.known_words
-            for w in WORD.findall(fold(clause))
-        )
+        return any(w.isalpha() and not is_english(w, self.known_words) for w in WORD.findall(fold(clause)))
 
     def _shows_quotes(self, decision: Decision, retrieval: Retrieval) -> bool:
         """Quotes back every answer but an out-of-scope one, or a symptom (mild or urgent) the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Set
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -42,7 +43,9 @@ def _identifier():  # py3langid has no type hints
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
-def _is_english(word: str, known: frozenset[str]) -> bool:
+def is_english(word: str, known: Set[str] = frozenset()) -> bool:
+    """An English word (pyspellchecker's list), a known word (the sources', chat shorthand), or
+    a short ASCII token."""
     low = word.lower()
     return low in known or english().word_frequency[low] >= 1 or (low.isascii() and len(low) <= 2)
 
@@ -52,7 +55,7 @@ def english_share(text: str, known: frozenset[str] = frozenset()) -> float:
     words = _WORDS.findall(text)
     if not words:
         return 1.0
-    return sum(_is_english(w, known) for w in words) / len(words)
+    return sum(is_english(w, known) for w in words) / len(words)
 
 
 def identify(text: str) -> tuple[str, float]:
