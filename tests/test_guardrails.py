@@ -239,6 +239,17 @@ def test_a_told_symptom_far_from_the_catalogue_still_hears_tell_your_care_team(
     assert "call your local emergency number" in answer.answer
 
 
+def test_a_symptom_reported_inside_a_question_hears_tell_your_care_team(assistant: Assistant) -> None:
+    """Something had now and tied to the treatment, far from every description, in a question:
+    answered with the care-team line; an everyday thing said the same way is not a symptom."""
+    answer = assistant.ask("i have a metallic taste since my infusion, is that a thing?")
+    assert answer.status == Status.ANSWERED, answer.reasons
+    assert any(r.id == "symptom.reported" for r in answer.reasons), answer.reasons
+    assert answer.answer.startswith("**Tell your care team about this symptom**")
+    plan = assistant.ask("i have a wedding the day after my infusion, can i drink champagne")
+    assert "Tell your care team about this symptom" not in plan.answer, plan.reasons
+
+
 @pytest.mark.parametrize(
     "message",
     [

@@ -151,6 +151,21 @@ def test_reassurance_counter_examples(text: str) -> None:
     assert not any(reader.reassured(i) for i in range(len(reader.clauses)))
 
 
+@pytest.mark.parametrize("text", CATALOGUE.reported.examples)
+def test_reported_examples_hear_tell_your_care_team(triager: Triager, text: str) -> None:
+    """Something had now since the treatment, inside a question, far from every description."""
+    found = _triage(triager, text)
+    assert not found.is_urgent and [r.id for r in found.mild] == ["symptom.reported"], found.mild
+
+
+@pytest.mark.parametrize("text", CATALOGUE.reported.counter_examples)
+def test_reported_counter_examples_are_no_report(triager: Triager, text: str) -> None:
+    """A question, a plan, a change for the better, a past event, a condition, or an everyday
+    thing closer to ``not_body`` than to the body is not a report."""
+    found = _triage(triager, text)
+    assert not any(r.id == "symptom.reported" for r in found.mild), found.mild
+
+
 @pytest.mark.parametrize("text", CATALOGUE.not_event)
 def test_not_event_examples_are_not_urgent(triager: Triager, text: str) -> None:
     found = _triage(triager, text)

@@ -258,6 +258,20 @@ class Reader:
         question word, an auxiliary or a request ("write me…", "tell me…")."""
         return "?" not in self.text and not any(_QUESTION.search(c.text) for c in self.clauses)
 
+    def reports(self, i: int) -> bool:
+        """Clause ``i`` reports something someone has now and ties it to the treatment in time
+        ("i have a metallic taste since my infusion"), and is not itself a question, a plan or a
+        change for the better (``[reported]``)."""
+        cat = self.catalogue
+        text = self.clauses[i].text
+        return bool(
+            cat.reported.search(text)
+            and cat.now.search(self.chain(i))
+            and not _QUESTION.search(text)
+            and not cat.reported_unless.search(text)
+            and self.clause(i)[0] not in SET_ASIDE
+        )
+
     def reassured(self, i: int) -> bool:
         """Clause ``i`` itself states that something is normal ("eating fine", "peeing normal amounts")."""
         text = self.clauses[i].text

@@ -68,10 +68,14 @@ class Catalogue:
     past: Signals
     reassurance: Signals
     condition: Signals
+    reported: Signals
+    reported_unless: Signals
     context: tuple[re.Pattern[str], ...]
     semantic: dict[str, float]
     not_event: tuple[str, ...] = ()
     """Conditions, histories, recurring illnesses: counter-examples of every red flag."""
+    not_body: tuple[str, ...] = ()
+    """Everyday things said around an infusion: what a reported clause is told from."""
 
     @classmethod
     @cache
@@ -95,20 +99,23 @@ class Catalogue:
                 tuple(raw[name].get("examples", [])),
                 tuple(raw[name].get("counter_examples", [])),
             )
-            for name in ("now", "general", "resolved", "past", "reassurance", "condition")
+            for name in ("now", "general", "resolved", "past", "reassurance", "condition", "reported")
         }
         weak_now = Signals(_compile(raw["now"]["weak_patterns"]), ())
         unless = Signals(_compile(raw["resolved"]["unless"]), ())
+        reported_unless = Signals(_compile(raw["reported"]["unless"]), ())
         mild_wording = Signals(_compile(raw["mild_wording"]["patterns"]), ())
         context = _compile(raw["context"]["patterns"])
         return cls(
             concepts,
             weak_now=weak_now,
             resolved_unless=unless,
+            reported_unless=reported_unless,
             mild_wording=mild_wording,
             context=context,
             semantic=dict(raw["semantic"]),
             not_event=tuple(raw.get("not_event", {}).get("examples", [])),
+            not_body=tuple(raw["reported"].get("not_body", [])),
             **signals,
         )
 

@@ -138,12 +138,13 @@ class SemanticLayer:
         neg_urgent += [True] * len(catalogue.not_event)
         self.pos_texts = pos_texts
         self.neg_texts = neg_texts
-        texts = [self.core(t) for t in pos_texts + neg_texts]
+        texts = [self.core(t) for t in pos_texts + neg_texts + list(catalogue.not_body)]
         vectors = (
             encode_cached(texts, encode, cache, model_key) if texts else np.zeros((0, 1), dtype=np.float32)
         )
         self.pos = vectors[: len(pos_texts)]
-        self.neg = vectors[len(pos_texts) :]
+        self.neg = vectors[len(pos_texts) : len(pos_texts) + len(neg_texts)]
+        self.everyday = vectors[len(pos_texts) + len(neg_texts) :]
         self.owner = np.asarray(owner, dtype=np.int64)
         urgent = np.asarray([catalogue.concepts[i].urgent for i in owner], dtype=bool)
         self.red_rows = np.flatnonzero(urgent)
@@ -195,6 +196,15 @@ class SemanticLayer:
         if not cores:
             return np.zeros((0, self.pos.shape[1] if len(self.pos) else 1), dtype=np.float32)
         return np.stack([known[c] if c in known else fresh[c] for c in cores])
+
+    def bodily(self, vectors: np.ndarray) -> np.ndarray:
+        """Per text: closer to a description of the body than to every everyday thing
+        (``[reported] not_body``)."""
+        if not len(vectors) or not len(self.pos):
+            return np.zeros(len(vectors), dtype=bool)
+        if not len(self.everyday):
+            return np.ones(len(vectors), dtype=bool)
+        return (vectors @ self.pos.T).max(axis=1) > (vectors @ self.everyday.T).max(axis=1)
 
     def scores(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per clause × concept: the closest description's similarity, its column, the closest

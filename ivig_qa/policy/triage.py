@@ -7,7 +7,8 @@
   when unsure, urgency wins.
 * mild — a symptom someone has now that is not a red flag: answered, with "tell your care team";
   also a clause close to any description (``symptom.described``), or, in a message that only
-  tells, a clause naming a symptom word or a word nobody can read (``symptom.told``);
+  tells, a clause naming a symptom word or a word nobody can read (``symptom.told``); in any
+  message, a clause reporting something had now since the treatment (``symptom.reported``);
 * personal — the user asks what they (or someone in their care) should take, skip, stop, dose…;
 * injection — a request to change the assistant's rules: that part is ignored, and noted.
 
@@ -17,7 +18,7 @@ Rules live in ``data/triage.toml`` and ``data/red_flags.toml`` so clinicians can
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 
@@ -186,9 +187,11 @@ class Triager:
             signs[hit.concept.id] = _Sign(reason, set(covering(reader.clauses, hit.start, hit.end)), False)
         symptom_clauses = {i for h in hits for i in covering(reader.clauses, h.start, h.end)}
         described: dict[int, float] = {}  # clause → its closest description's similarity
+        embedded: dict[str, np.ndarray] = {}  # core of a clause or sentence → its vector
         if self.semantic is not None and reader.clauses:
             parts, covers = self._parts(reader)
             vectors = self.semantic.embed(parts, dict(known or {}))
+            embedded = dict(zip(map(self.semantic.core, parts), vectors, strict=True))
             best, _, _, any_sim = self.semantic.scores(vectors)
             symptom_clauses |= {
                 cover[0]
@@ -234,16 +237,25 @@ class Triager:
         # now, is a described symptom however far its words are from the catalogue: "tell your
         # care team", never "not covered" ("an elephant sitting on my chest", "no pipi since
         # yesterday").
+        # So is a clause, even inside a question, that reports something someone has now and ties
+        # it to the treatment in time ("i have a metallic taste since my infusion, is that a thing?").
         tells = reader.tells()
-        told = {
-            i
-            for i, c in enumerate(reader.clauses)
-            if tells
-            and i not in described
-            and not reader.condition(i)
-            and not reader.reassured(i)
-            and (self.severity.names_symptom(c.text) or (nonword is not None and nonword(c.text)))
-        }
+        told: dict[int, str] = {}
+        for i, c in enumerate(reader.clauses):
+            if i in described or reader.condition(i) or reader.reassured(i):
+                continue
+            if tells and (self.severity.names_symptom(c.text) or (nonword is not None and nonword(c.text))):
+                told[i] = "symptom.told"
+            elif reader.reports(i):
+                told[i] = "symptom.reported"
+        reported = [i for i, why in told.items() if why == "symptom.reported"]
+        if reported and self.semantic is not None:
+            # About the body, not an everyday thing ("i have a wedding the day after my infusion").
+            texts = [reader.clauses[i].text for i in reported]
+            body = self.semantic.bodily(self.semantic.embed(texts, embedded))
+            for i, bodily in zip(reported, body, strict=True):
+                if not bodily:
+                    del told[i]
         return self._decide(reader, signs, severe, described, told)
 
     def _still_fires(self, reader: Reader, clauses: set[int], concept_id: str) -> bool:
@@ -260,11 +272,13 @@ class Triager:
         signs: dict[str, _Sign],
         severe: list[Reason],
         described: dict[int, float],
-        told: Collection[int] = (),
+        told: Mapping[int, str] | None = None,
     ) -> Triage:
         """Urgent when a red flag or a severe symptom is carried by a clause that reads as now;
         mild for a mild concept now, or a clause describing the body now (``described``; else
-        one of ``told``: a symptom word or a non-word in a message that only tells)."""
+        one of ``told``, clause → reason id: a symptom word or a non-word in a message that only
+        tells, ``symptom.told``; something had now and tied to the treatment, ``symptom.reported``)."""
+        told = told or {}
         red: list[tuple[_Sign, tuple[str, Reason]]] = []
         mild: list[tuple[_Sign, tuple[str, Reason]]] = []
         reassured: list[Reason] = []
@@ -274,9 +288,9 @@ class Triager:
                 # The model reads the body part, not whether something is happening: clauses that
                 # say all is normal, or that someone has a condition, do not carry the sign.
                 calm = {i for i in sign.carriers if reader.reassured(i)}
-                told = {i for i in sign.carriers if reader.condition(i)}
-                kept = sign.carriers - calm - told
-                if kept and (calm or told) and not self._still_fires(reader, kept, concept_id):
+                ill = {i for i in sign.carriers if reader.condition(i)}
+                kept = sign.carriers - calm - ill
+                if kept and (calm or ill) and not self._still_fires(reader, kept, concept_id):
                     # Found in a whole sentence: what is left once the condition or the all-clear
                     # is set aside ("tried nerve blocks, gabapentin") must resemble it on its own.
                     kept = set()
@@ -358,8 +372,8 @@ class Triager:
                     )
                 ]
             elif told_now := [i for i in sorted(told) if reader.clause(i)[0] not in SET_ASIDE]:
-                detail = reader.clauses[told_now[0]].text
-                mild_now = [Reason(id="symptom.told", layer="pattern", detail=detail)]
+                first = told_now[0]
+                mild_now = [Reason(id=told[first], layer="pattern", detail=reader.clauses[first].text)]
         if conditions:
             aside += [*conditions, Reason(id="triage.condition", layer="pattern")]
         aside_reads = [read for s, read in red if read[0] in SET_ASIDE]
