@@ -151,6 +151,23 @@ def test_reassurance_counter_examples(text: str) -> None:
     assert not any(reader.reassured(i) for i in range(len(reader.clauses)))
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["what do i do, my husband collapsed", "how do i help, my son fainted", "who do i call, mum passed out"],
+)
+def test_a_person_reported_beside_a_question_is_not_a_general_question(triager: Triager, text: str) -> None:
+    """The question's opening word belongs to its own clause: the report beside it is read on its
+    own words, so an emergency told after "what do i do" is not set aside as a general question."""
+    assert _triage(triager, text).is_urgent
+
+
+def test_a_question_after_a_comma_does_not_continue_the_clause_before_it(triager: Triager) -> None:
+    """ "my son is starting ivig" reads as now, but the question after it asks about signs in
+    general: it is not a continuation sharing that clause's person and tense."""
+    found = _triage(triager, "my son is starting ivig, what are the signs of an allergic reaction")
+    assert not found.is_urgent, [r.id for r in found.reasons]
+
+
 @pytest.mark.parametrize("text", CATALOGUE.reported.examples)
 def test_reported_examples_hear_tell_your_care_team(triager: Triager, text: str) -> None:
     """Something had now since the treatment, inside a question, far from every description."""

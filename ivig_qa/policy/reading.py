@@ -50,6 +50,11 @@ _QUESTION = re.compile(
     r"would|should|shall|may|might|must|has|have|was|were|any|write|tell|give|explain|list|"
     r"describe|show|compare|recommend|suggest|help|please)\b"
 )
+# A clause about a person: a pronoun, or a relative ("mum", "my husband").
+_PERSON_FIRST = re.compile(
+    r"^\W*(i|i'm|im|i've|ive|we|he|she|they|he's|she's|my|our|his|her|their|"
+    r"mum|mom|mother|dad|father|son|daughter|husband|wife|partner|baby|grandma|grandpa|nan|toddler)\b"
+)
 _HAS = re.compile(r"\b(has|have|had|with|got)\b")
 _CONDITIONAL = re.compile(r"\b(if|in case|whether|what if)\b.*$")
 _RIGHT_NOW = re.compile(r"\b(right now|currently|at the moment|as we speak|still)\b")
@@ -81,7 +86,11 @@ def split(text: str) -> list[Clause]:
             stripped = piece.strip(" .!?;")
             if stripped:
                 lead = piece.index(stripped[0])
-                continues = joined and bool(out) and not _SUBJECT.match(stripped)
+                # A question after a comma asks; it does not continue the clause before it
+                # ("my son is starting ivig, what are the signs of an allergic reaction").
+                continues = (
+                    joined and bool(out) and not _SUBJECT.match(stripped) and not _QUESTION.match(stripped)
+                )
                 out.append(
                     Clause(stripped, base + cut + lead, base + cut + lead + len(stripped), n, continues)
                 )
@@ -258,6 +267,13 @@ class Reader:
         question word, an auxiliary or a request ("write me…", "tell me…")."""
         return "?" not in self.text and not any(_QUESTION.search(c.text) for c in self.clauses)
 
+    def reports_beside(self, i: int) -> bool:
+        """Clause ``i`` tells of a person (opens with one, asks nothing) in a sentence of more
+        than one clause: "my husband collapsed" in "what do i do, my husband collapsed"."""
+        c = self.clauses[i]
+        alone = all(x.sentence != c.sentence for j, x in enumerate(self.clauses) if j != i)
+        return not alone and bool(_PERSON_FIRST.match(c.text)) and not _QUESTION.search(c.text)
+
     def reports(self, i: int) -> bool:
         """Clause ``i`` reports something someone has now and ties it to the treatment in time
         ("i have a metallic taste since my infusion"), and is not itself a question, a plan or a
@@ -303,7 +319,9 @@ class Reader:
         resolved = self._resolved_after(i)
         if resolved:
             return RESOLVED, Reason(id="triage.resolved", layer="pattern", detail=resolved.group())
-        general = cat.general.search(sentence)
+        # A clause that reports something about a person beside a question ("what do i do, my
+        # husband collapsed") is read as general only on its own words, not on its sentence's.
+        general = cat.general.search(c.text if self.reports_beside(i) else sentence)
         if general:
             return GENERAL, Reason(id="triage.general_question", layer="pattern", detail=general.group())
         weak = cat.weak_now.search(self.text)
