@@ -291,6 +291,8 @@ class Reader:
     def reassured(self, i: int) -> bool:
         """Clause ``i`` itself states that something is normal ("eating fine", "peeing normal amounts")."""
         text = self.clauses[i].text
+        if _QUESTION.match(text):  # "is it ok that i haven't peed" asks whether it is normal
+            return False
         found = self.catalogue.reassurance.search(text)
         return bool(found) and not _NEGATED.search(text[max(0, found.start() - 16) : found.start()])
 
