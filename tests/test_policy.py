@@ -53,6 +53,10 @@ def test_other_languages_are_identified() -> None:
     assert spanish is not None and spanish.code == "es"
     assert other_language("what are the side effects of ivig for my son") is None
     assert other_language("hola! how often is ivig usually given?") is None  # English with filler
+    # Half its words are in the English list ("was", "die"), and the identifier is sure: German.
+    german = other_language("was sind die nebenwirkungen von ivig", frozenset({"ivig"}))
+    assert german is not None and german.code == "de"
+    assert other_language("wat even is ivig lol", frozenset({"ivig"})) is None  # Dutch-looking, unsure
 
 
 def test_a_message_in_another_language_gets_a_reply_in_it(assistant: Assistant) -> None:

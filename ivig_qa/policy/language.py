@@ -22,7 +22,11 @@ from ivig_qa.policy.normalise import english
 _WORDS = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 _PIECES = re.compile(r"(?<=[.!?;:])\s+|\n+|(?<=,)\s+")
 MOSTLY = 0.5  # share of a message's words that are not English for it to count as another language
+LIKELY_ENGLISH = 0.8  # at least this share of English words: English, the identifier is not asked
 MIN_CONFIDENCE = 0.8  # py3langid's normalised probability
+# Between MOSTLY and LIKELY_ENGLISH, another language only when the identifier is this sure: the
+# English word list has many short words of other languages ("die", "que", "et").
+SURE = 0.95
 FILLER_LANGUAGES = ("es", "fr", "de", "pt", "it", "nl")
 FILLER_MIN_COUNT = 10_000  # a word this frequent in another language's word list is one of its common words
 
@@ -67,11 +71,16 @@ def identify(text: str) -> tuple[str, float]:
 def other_language(text: str, known: frozenset[str] = frozenset()) -> Language | None:
     """The message's language when it is mostly not English, else None.
 
-    Cheap first: a message whose words are mostly English never reaches the identifier.
+    Cheap first: a message whose words are mostly English never reaches the identifier. One
+    whose English words are only half or a little more ("was sind die nebenwirkungen von ivig":
+    "was", "die") is another language when the identifier is sure of it.
     """
-    if english_share(text, known) >= MOSTLY:
+    share = english_share(text, known)
+    if share >= LIKELY_ENGLISH:
         return None
     code, confidence = identify(text)
+    if share >= MOSTLY and (code == "en" or confidence < SURE):
+        return None
     if code == "en" or confidence < MIN_CONFIDENCE:
         code = "und"  # not English, language unsure: the English wording
     english_part = " ".join(
