@@ -30,6 +30,7 @@ from ivig_qa.policy import (
 )
 from ivig_qa.policy.decide import Findings
 from ivig_qa.policy.language import is_english, other_language
+from ivig_qa.policy.language import preload as preload_language_identifier
 from ivig_qa.policy.normalise import correct_spelling, normalise
 from ivig_qa.policy.red_flags import Catalogue
 from ivig_qa.policy.scope import ScopeChecker
@@ -91,6 +92,7 @@ class Assistant:
         self.scope = ScopeChecker(retriever.vocabulary, lay_words(), encode, catalogue.words, cache, key)
         self.triager = Triager(catalogue, SemanticLayer(catalogue, encode, cache, key))
         self.second_opinion = SecondOpinion.from_settings(settings)
+        preload_language_identifier()
         self.known_words = retriever.vocabulary.words | lay_words() | Rules.load().chat_words | STOPWORDS
         self.preferred_words = catalogue.words | retriever.vocabulary.words
         self.limits = InputLimits(
