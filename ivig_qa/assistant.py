@@ -94,7 +94,7 @@ class Assistant:
         self.second_opinion = SecondOpinion.from_settings(settings)
         preload_language_identifier()
         self.known_words = retriever.vocabulary.words | lay_words() | Rules.load().chat_words | STOPWORDS
-        self.preferred_words = catalogue.words | retriever.vocabulary.words
+        self.preferred_words = catalogue.spelling_words | retriever.vocabulary.words
         self.limits = InputLimits(
             settings.policy.max_question_chars,
             settings.policy.max_history_turns,

@@ -45,6 +45,9 @@ def test_spelling_is_corrected_towards_the_catalogue_and_sources() -> None:
     assert correct_spelling("ivig for crps", known=frozenset({"ivig", "crps"})) == "ivig for crps"
     # A drug name one edit from an English word stays itself where scope reads it.
     assert correct_spelling("lyrica", preferred=preferred, english_fallback=False) == "lyrica"
+    # A rare English word a red-flag pattern looks for is not "corrected" to a catalogue word.
+    cola = correct_spelling("her pee is the colour of coca cola", preferred=Catalogue.load().spelling_words)
+    assert cola.endswith(" cola") and "cold" not in cola
 
 
 # -- languages -------------------------------------------------------------------------------------

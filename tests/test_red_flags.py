@@ -56,7 +56,7 @@ def layer(assistant: Assistant) -> SemanticLayer:
 
 def _triage(layer: SemanticLayer, text: str) -> Triage:
     return Triager(layer.catalogue, layer).assess(
-        correct_spelling(normalise(text), preferred=CATALOGUE.words)
+        correct_spelling(normalise(text), preferred=CATALOGUE.spelling_words)
     )
 
 

@@ -32,7 +32,7 @@ def triager(assistant: Assistant) -> Triager:
 
 
 def _triage(triager: Triager, text: str) -> Triage:
-    return triager.assess(correct_spelling(normalise(text), preferred=CATALOGUE.words))
+    return triager.assess(correct_spelling(normalise(text), preferred=CATALOGUE.spelling_words))
 
 
 def test_every_modifier_has_examples_and_counter_examples() -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, cached_property
 
 from ivig_qa import data
-from ivig_qa.text import TOKEN
+from ivig_qa.text import TOKEN, english
 
 RED_FLAG = "red_flag"
 MILD = "mild"
@@ -139,6 +139,21 @@ class Catalogue:
         texts = [t for c in self.concepts for t in (*c.descriptions, *c.not_this, c.meaning)]
         texts += self.not_event
         return frozenset(w for t in texts for w in TOKEN.findall(t.lower()) if w.isalpha())
+
+    @cached_property
+    def spelling_words(self) -> frozenset[str]:
+        """What a typo is corrected towards: the descriptions' words and the English words the
+        patterns look for, so "cola" in "pee the colour of coca cola" is not "corrected" to "cold".
+        (Not scope's known words: "coffee" or "insulin" stay a subject a question can ask about.)"""
+        frequency = english().word_frequency
+        named = {
+            w
+            for c in self.concepts
+            for p in c.patterns
+            for w in re.findall(r"[a-z]{4,}", re.sub(r"\\[a-zA-Z]", " ", p.pattern.lower()))
+            if frequency[w] >= 1
+        }
+        return self.words | named
 
 
 @dataclass(frozen=True)
