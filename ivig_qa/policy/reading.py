@@ -271,8 +271,8 @@ class Reader:
         """Clause ``i`` tells of a person (opens with one, asks nothing) in a sentence of more
         than one clause: "my husband collapsed" in "what do i do, my husband collapsed"."""
         c = self.clauses[i]
-        alone = all(x.sentence != c.sentence for j, x in enumerate(self.clauses) if j != i)
-        return not alone and bool(_PERSON_FIRST.match(c.text)) and not _QUESTION.search(c.text)
+        shared = sum(x.sentence == c.sentence for x in self.clauses) > 1
+        return shared and bool(_PERSON_FIRST.match(c.text)) and not _QUESTION.match(c.text)
 
     def reports(self, i: int) -> bool:
         """Clause ``i`` reports something someone has now and ties it to the treatment in time

@@ -187,11 +187,11 @@ class Triager:
             signs[hit.concept.id] = _Sign(reason, set(covering(reader.clauses, hit.start, hit.end)), False)
         symptom_clauses = {i for h in hits for i in covering(reader.clauses, h.start, h.end)}
         described: dict[int, float] = {}  # clause → its closest description's similarity
-        embedded: dict[str, np.ndarray] = {}  # core of a clause or sentence → its vector
+        parts: list[str] = []
+        vectors = np.zeros((0, 1), dtype=np.float32)
         if self.semantic is not None and reader.clauses:
             parts, covers = self._parts(reader)
             vectors = self.semantic.embed(parts, dict(known or {}))
-            embedded = dict(zip(map(self.semantic.core, parts), vectors, strict=True))
             best, _, _, any_sim = self.semantic.scores(vectors)
             symptom_clauses |= {
                 cover[0]
@@ -252,6 +252,7 @@ class Triager:
         if reported and self.semantic is not None:
             # About the body, not an everyday thing ("i have a wedding the day after my infusion").
             texts = [reader.clauses[i].text for i in reported]
+            embedded = dict(zip(map(self.semantic.core, parts), vectors, strict=True))  # reused
             body = self.semantic.bodily(self.semantic.embed(texts, embedded))
             for i, bodily in zip(reported, body, strict=True):
                 if not bodily:
