@@ -37,7 +37,11 @@ SET_ASIDE = frozenset({GENERAL, RESOLVED, PAST})
 """Readings under which a red flag is not urgent (answered; "tell your care team" if a symptom)."""
 
 _SENTENCE = re.compile(r"[^.!?;\n]+[.!?;]*")
-_CLAUSE = re.compile(r",\s+|\s+-+\s+|\s+(?:and|but|so|because|plus|then|also|though|although)\s+")
+# "so" joins clauses only before a subject ("it hurts so i took…"); "i'm so tired" is one clause.
+_CLAUSE = re.compile(
+    r",\s+|\s+-+\s+|\s+(?:and|but|because|plus|then|also|though|although)\s+"
+    r"|\s+so\s+(?=(?:i|i'm|im|we|you|he|she|they|it|my|his|her|their|our|the|that|this)\b)"
+)
 _JOINS = re.compile(r",|and|then|plus|also")
 _SUBJECT = re.compile(
     r"(i|i'm|im|i've|ive|we|you|he|she|they|it|its|it's|this|that|there|my|his|her|their|our|the|a|an|"
